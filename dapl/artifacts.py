@@ -1,0 +1,142 @@
+"""Learned prompts on disk (safetensors + JSON), their nearest-token reading, and a ready classifier."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from dapl.config import DaplConfig
+from dapl.models import ClipBundle, eval_transform, load_clip
+from dapl.prompts import PromptLearner
+
+PROMPTS = "prompts.safetensors"
+PROMPTS_META = "prompts.json"
+
+
+def save_prompts(out_dir: str | Path, learner: PromptLearner, cfg: DaplConfig, model_identity: str,
+                 extra: dict | None = None) -> Path:
+    """``prompts.safetensors`` (context vectors) + ``prompts.json`` (config, classes, domains)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = learner.context_tensors()
+    meta = {"config": cfg.to_dict(), "classnames": learner.classnames, "domains": learner.domains,
+            "model_identity": model_identity, **(extra or {})}
+    if tensors:
+        save_file(tensors, str(out / PROMPTS), metadata={"format": "dapl-prompts-v1"})
+    (out / PROMPTS_META).write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    d = Path(path)
+    meta_file = d / PROMPTS_META
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file} not found: point to a folder written by `dapl train` "
+                                f"(it holds {PROMPTS} and {PROMPTS_META})")
+    meta = json.loads(meta_file.read_text())
+    tensors = load_file(str(d / PROMPTS)) if (d / PROMPTS).is_file() else {}
+    return tensors, meta
+
+
+def _token_strings(bundle: ClipBundle) -> list[str]:
+    dec = bundle.tokenizer.decoder
+    return [dec.get(i, f"<{i}>").replace("</w>", " ").strip() or f"<{i}>" for i in range(len(dec))]
+
+
+@torch.no_grad()
+def nearest_tokens(learner: PromptLearner, bundle: ClipBundle, k: int = 3) -> dict[str, list]:
+    """Each learned context vector's ``k`` nearest vocabulary tokens (Euclidean, as CoOp reports them).
+
+    Returns ``{"agnostic": [[(token, distance), ...] per vector] (per class with CSC), "domain": {dom: ...}}``.
+    """
+    vocab = bundle.model.token_embedding.weight.float()
+    names = _token_strings(bundle)
+
+    def decode(vectors: torch.Tensor) -> list:
+        dist = torch.cdist(vectors.float().to(vocab.device), vocab)
+        d, idx = dist.topk(k, largest=False)
+        return [[(names[int(i)], round(float(x), 4)) for i, x in zip(row_i, row_d, strict=True)]
+                for row_i, row_d in zip(idx, d, strict=True)]
+
+    out: dict[str, object] = {}
+    if learner.ctx_agnostic is not None:
+        a = learner.ctx_agnostic
+        out["agnostic"] = ({c: decode(a[i]) for i, c in enumerate(learner.classnames)} if a.dim() == 3
+                           else decode(a))
+    if learner.ctx_domain is not None:
+        out["domain"] = {d: decode(learner.ctx_domain[i]) for i, d in enumerate(learner.domains)}
+    return out
+
+
+def format_nearest(decoded: dict, top: int = 1) -> str:
+    """Human-readable lines: ``domain[art]: painting | sketch | ...``."""
+    lines = []
+
+    def row(label: str, vecs: list) -> None:
+        lines.append(f"{label}: " + " ".join("/".join(t for t, _ in v[:top]) for v in vecs))
+
+    ag = decoded.get("agnostic")
+    if isinstance(ag, dict):
+        for c, v in ag.items():
+            row(f"agnostic[{c}]", v)
+    elif ag is not None:
+        row("agnostic", ag)
+    for d, v in (decoded.get("domain") or {}).items():
+        row(f"domain[{d}]", v)
+    return "\n".join(lines)
+
+
+class AdaptedClassifier:
+    """A frozen CLIP + learned prompts that classifies new images with one domain's prompts."""
+
+    def __init__(self, bundle: ClipBundle, learner: PromptLearner, domain: str | None = None):
+        self.bundle, self.learner = bundle, learner
+        self.domain = domain or learner.domains[-1]
+        if self.domain not in learner.domains:
+            raise ValueError(f"domain {self.domain!r} not among the prompts' domains {learner.domains}")
+        with torch.no_grad():
+            text = F.normalize(learner.text_features(), dim=-1)
+        self.text = text[learner.domains.index(self.domain)]  # [K, E]
+        self.transform = eval_transform(bundle)
+
+    @classmethod
+    def load(cls, prompt_dir: str | Path, domain: str | None = None, device: str | None = None,
+             model_overrides: dict | None = None) -> AdaptedClassifier:
+        """From a folder written by :func:`save_prompts`; the model is loaded from the saved config."""
+        tensors, meta = load_prompts(prompt_dir)
+        if str(meta.get("model_identity", "")).endswith(":random"):
+            raise ValueError(f"{prompt_dir}: these prompts were learned on a randomly initialised CLIP, which "
+                             "cannot be rebuilt; train with model.pretrained set to a weights file or tag")
+        cfg = DaplConfig.model_validate(meta["config"])
+        mcfg = cfg.model.model_copy(update={**(model_overrides or {}), **({"device": device} if device else {})})
+        bundle = load_clip(mcfg)
+        learner = PromptLearner(bundle, meta["classnames"], meta["domains"], cfg.prompt, cfg.pseudo.template)
+        learner.load_context(tensors)
+        return cls(bundle, learner, domain)
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.learner.classnames
+
+    @torch.no_grad()
+    def predict_proba(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = []
+            for im in images[i:i + batch_size]:
+                img = Image.open(im) if isinstance(im, str | Path) else im
+                batch.append(self.transform(img.convert("RGB")))
+            f = F.normalize(self.bundle.encode_images(torch.stack(batch)), dim=-1)
+            out.append((self.bundle.logit_scale * f @ self.text.T).softmax(-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classnames)), np.float32)
+
+    def predict(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64) -> list[str]:
+        p = self.predict_proba(images, batch_size)
+        return [self.classnames[i] for i in p.argmax(1)]

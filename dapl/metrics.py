@@ -1,0 +1,37 @@
+"""Classification metrics for a target domain: overall, mean per-class, per-class, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Metrics:
+    accuracy: float
+    mean_per_class: float
+    per_class: list[float]
+    confusion: list[list[int]]
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def headline(self, metric: str = "accuracy") -> float:
+        return self.mean_per_class if metric == "mean_per_class" else self.accuracy
+
+
+def classification_metrics(pred: np.ndarray, true: np.ndarray, n_classes: int) -> Metrics:
+    """Accuracies in percent. Classes absent from ``true`` are left out of the per-class mean."""
+    pred = np.asarray(pred, dtype=np.int64)
+    true = np.asarray(true, dtype=np.int64)
+    if pred.shape != true.shape:
+        raise ValueError(f"{pred.shape} predictions vs {true.shape} labels")
+    conf = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(conf, (true, pred), 1)
+    support = conf.sum(axis=1)
+    per_class = np.where(support > 0, np.diag(conf) / np.maximum(support, 1) * 100.0, np.nan)
+    acc = float((pred == true).mean() * 100.0) if len(true) else float("nan")
+    mpc = float(np.nanmean(per_class)) if (support > 0).any() else float("nan")
+    return Metrics(acc, mpc, [float(x) for x in per_class], conf.tolist(), int(len(true)))

@@ -1,0 +1,49 @@
+"""Zero-shot CLIP pseudo-labels for target images, from cached features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dapl.models import ClipBundle
+
+
+def zero_shot_text(bundle: ClipBundle, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+    """The hand-written prompt for every class, encoded once: ``[K, E]`` L2-normalised."""
+    if "{}" not in template:
+        raise ValueError(f"pseudo.template={template!r} needs a '{{}}' where the class name goes")
+    return F.normalize(bundle.encode_texts([template.format(c) for c in classnames]), dim=-1)
+
+
+@dataclass
+class PseudoLabels:
+    """Per image (and per cached view): argmax label, its probability, and whether it passes τ."""
+
+    labels: torch.Tensor
+    confidence: torch.Tensor
+    mask: torch.Tensor
+    tau: float
+
+    def coverage(self) -> float:
+        return float(self.mask.float().mean()) if self.mask.numel() else 0.0
+
+    def accuracy(self, true: np.ndarray | torch.Tensor) -> float | None:
+        """Accuracy of the labels that pass τ (reporting only; None without labels or passing images)."""
+        t = torch.as_tensor(np.asarray(true), device=self.labels.device)
+        if (t < 0).any() or not bool(self.mask.any()):
+            return None
+        t = t.expand_as(self.labels)
+        return float((self.labels[self.mask] == t[self.mask]).float().mean())
+
+
+@torch.no_grad()
+def pseudo_label(features: torch.Tensor, text: torch.Tensor, scale: float | torch.Tensor,
+                 tau: float) -> PseudoLabels:
+    """``features [..., N, E]`` (raw image features, any leading view dims) -> labels with shape ``[..., N]``."""
+    img = F.normalize(features.float(), dim=-1)
+    probs = (scale * img @ text.T).softmax(dim=-1)
+    conf, lab = probs.max(dim=-1)
+    return PseudoLabels(lab, conf, conf >= tau, tau)

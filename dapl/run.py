@@ -1,0 +1,129 @@
+"""Stage functions shared by the CLI, the Prefect tasks and the DVC stages: one implementation each.
+
+Each takes the one :class:`~dapl.config.DaplConfig` and returns plain data (dicts, paths) that the
+orchestration layers can log, hash and cache.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from dapl.artifacts import format_nearest, nearest_tokens, save_prompts
+from dapl.config import DaplConfig
+from dapl.features import FeatureCache
+from dapl.models import ClipBundle, load_clip
+from dapl.pseudo_labels import pseudo_label, zero_shot_text
+from dapl.train import AdaptationTask, TrainResult, target_metrics, train
+
+
+def manifest_path(cfg: DaplConfig) -> Path:
+    """Where the dataset's manifest lives (``data.manifest`` or ``artifacts/manifests/<dataset>.parquet``)."""
+    return Path(cfg.data.manifest) if cfg.data.manifest else Path("artifacts/manifests") / f"{cfg.data.dataset}.parquet"
+
+
+def load_manifest(cfg: DaplConfig):
+    from dapl.datasets.manifest import Manifest
+
+    path = manifest_path(cfg)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no manifest yet. Run `dapl index --dataset {cfg.data.dataset} "
+                                f"--root {cfg.data.root} --out {path}` first (or set data.manifest)")
+    return Manifest.load(path)
+
+
+def build_task(cfg: DaplConfig, manifest=None) -> AdaptationTask:
+    """Source and target image sets of ``cfg.data`` from the dataset manifest.
+
+    Datasets with official train/test splits (DomainNet) adapt on the train splits and evaluate on the
+    target test split; the others use the whole target domain for both (the UDA convention).
+    """
+    m = manifest if manifest is not None else load_manifest(cfg)
+    order = cfg.data.domains
+    has_split = {"train", "test"} <= set(m.ok["split"].unique().to_list())
+    split = "train" if has_split else None
+    source = m.image_set(cfg.data.source, split=split, domain_order=order)
+    target = m.image_set(cfg.data.target, split=split, domain_order=order)
+    target_test = m.image_set(cfg.data.target, split="test", domain_order=order) if has_split else None
+    return AdaptationTask(list(m.classes), order, source, target, m.metric, target_test)
+
+
+def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
+    """Encode (or find in the cache) the test view and V train views of every source and target image."""
+    bundle = bundle or load_clip(cfg.model)
+    task = task or build_task(cfg)
+    fc = cfg.features
+    cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+    out = {}
+    for name, images in (("source", task.source), ("target", task.target), ("target_test", task.target_test)):
+        if images is None:
+            continue
+        cache.test_features(images, desc=f"{name} test view")
+        if fc.mode == "cached" and name != "target_test":
+            cache.train_views(images, fc.views, fc, desc=f"{name} views")
+        out[name] = {"n": len(images), "fingerprint": images.fingerprint()}
+    return {"model": bundle.identity, "cache_dir": str(fc.cache_dir), "sets": out}
+
+
+def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
+    """Zero-shot accuracy with the hand-written template and pseudo-label coverage/accuracy at τ."""
+    bundle = bundle or load_clip(cfg.model)
+    task = task or build_task(cfg)
+    fc = cfg.features
+    cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+    text = zero_shot_text(bundle, task.classnames, cfg.pseudo.template)
+    feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
+    pl_ = pseudo_label(feats, text, bundle.logit_scale, cfg.tau)
+    ms = target_metrics(task, pl_.labels.cpu().numpy())
+    out = {"tau": cfg.tau, "coverage": pl_.coverage(), "pl_accuracy": pl_.accuracy(task.evaluation.labels),
+           "metrics": {k: m.to_dict() for k, m in ms.items()}}
+    if ms:
+        head = ms.get("all") or next(iter(ms.values()))
+        out |= {"target_acc": head.accuracy, "target_mean_per_class": head.mean_per_class}
+    return out
+
+
+def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundle: ClipBundle | None = None,
+          task: AdaptationTask | None = None, progress: bool = True, resume: bool = True) -> dict:
+    """Train prompts for ``cfg.data``'s task and write every artifact to ``cfg.output_dir``.
+
+    Writes ``prompts.safetensors`` + ``prompts.json``, ``metrics.json`` (last epoch, label-free selection,
+    oracle clearly labelled, zero-shot, pseudo-labels), ``history.csv``, ``nearest_tokens.txt``,
+    ``per_class.csv`` and ``confusion.csv``.
+    """
+    bundle = bundle or load_clip(cfg.model)
+    task = task or build_task(cfg)
+    res = train(cfg, bundle, task, on_epoch=on_epoch, resume=resume, progress=progress)
+    return write_outputs(cfg, bundle, task, res)
+
+
+def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res: TrainResult) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_prompts(out, res.learner, cfg, bundle.identity)
+    decoded = nearest_tokens(res.learner, bundle) if res.learner.cfg.learned else {}
+    (out / "nearest_tokens.json").write_text(json.dumps(decoded, indent=1))
+    (out / "nearest_tokens.txt").write_text(format_nearest(decoded, top=3) + "\n")
+    if res.history:
+        pl.DataFrame(res.history).write_csv(out / "history.csv")
+    head = res.target_metrics.get("all") or next(iter(res.target_metrics.values()), None)
+    if head is not None:
+        pl.DataFrame({"class": task.classnames, "accuracy": head.per_class}).write_csv(out / "per_class.csv")
+        conf = pl.DataFrame({c: [row[i] for row in head.confusion] for i, c in enumerate(task.classnames)})
+        conf.insert_column(0, pl.Series("true", task.classnames)).write_csv(out / "confusion.csv")
+    summary = {
+        "task": f"{'+'.join(cfg.data.source)}->{'+'.join(cfg.data.target)}",
+        "setting": cfg.prompt.setting.value,
+        "final": res.final,
+        "selection": res.selection,
+        "oracle": res.oracle,
+        "zero_shot": {k: v for k, v in res.zero_shot.items() if k != "metrics"},
+        "pseudo_labels": res.pseudo,
+        "metrics": {k: m.to_dict() for k, m in res.target_metrics.items()},
+        "metric": task.metric,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    return summary

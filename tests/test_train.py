@@ -1,0 +1,227 @@
+"""The trainer: exactness of the fast path, the five settings, resume, selection, artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dapl.artifacts import AdaptedClassifier, load_prompts, nearest_tokens, save_prompts
+from dapl.config import DaplConfig, PromptConfig, PromptSetting
+from dapl.features import FeatureCache
+from dapl.imageset import ImageSet
+from dapl.models import eval_transform, load_clip
+from dapl.prompts import PromptLearner
+from dapl.train import AdaptationTask, train
+
+from .conftest import CLASSES
+
+
+def blob_task(root: Path, per_class: int = 12) -> AdaptationTask:
+    def images(domain: str, d: int, labelled: bool = True) -> ImageSet:
+        paths, labels = [], []
+        for k, c in enumerate(CLASSES):
+            for i in range(per_class):
+                paths.append(f"{domain}/{c}/{i}.png")
+                labels.append(k)
+        return ImageSet.build(paths, labels if labelled else None, d, root)
+
+    names = [c.replace("_", " ") for c in CLASSES]
+    return AdaptationTask(names, ["light", "dark"], images("light", 0), images("dark", 1))
+
+
+def make_cfg(tmp_path: Path, model: str, **over) -> DaplConfig:
+    base = {
+        "model": {"name": model, "pretrained": None, "device": "cpu"},
+        "prompt": {"m1": 2, "m2": 2},
+        "features": {"views": 2, "cache_dir": str(tmp_path / "cache"), "num_workers": 0, "batch_size": 16},
+        "train": {"epochs": 2, "batch_source": 8, "batch_target": 8, "lr": 0.01},
+        "data": {"source": ["light"], "target": ["dark"]},
+        "output_dir": str(tmp_path / "run"),
+    }
+    return DaplConfig.from_preset("paper", base).with_overrides(over)
+
+
+@pytest.fixture(scope="module")
+def vit(tiny_config_dir):
+    return str(tiny_config_dir / "tiny-vit.json")
+
+
+def test_cached_shared_path_matches_online_77_token_reference(tmp_path, blob_world, tiny_model_name):
+    """Fast path (cached fp32 features, shared-prefix cut text encoder) == plain CLIP computation."""
+    cfg = make_cfg(tmp_path, tiny_model_name, **{"features.dtype": "float32"})
+    bundle = load_clip(cfg.model)
+    task = blob_task(blob_world, per_class=3)
+    imgs = task.target
+    cache = FeatureCache(cfg.features.cache_dir, bundle, 8, 0, "float32")
+    cached = cache.test_features(imgs)
+    learner = PromptLearner(bundle, task.classnames, task.domains, PromptConfig(m1=3, m2=2))
+    y = torch.as_tensor(imgs.labels)
+
+    # reference: image encoder on the fly, full 77-token prompts through CLIP's own encode_text path
+    tf = eval_transform(bundle)
+    x = torch.stack([tf(Image.open(imgs.resolve(i)).convert("RGB")) for i in range(len(imgs))])
+    ref_img = bundle.model.encode_image(x)
+    m = bundle.model
+    M = 5
+    emb = m.token_embedding(learner.tokens)
+    ctx = torch.cat([learner.ctx_agnostic.expand(2, 4, -1, -1),
+                     learner.ctx_domain.unsqueeze(1).expand(2, 4, -1, -1)], 2).flatten(0, 1)
+    full = torch.cat([emb[:, :1], ctx, emb[:, 1 + M:]], 1) + m.positional_embedding
+    h = m.ln_final(m.transformer(full, attn_mask=m.attn_mask))
+    ref_text = h[torch.arange(8), learner.tokens.argmax(-1)] @ m.text_projection
+
+    def logits_and_grads(img, text):
+        logits = m.logit_scale.exp() * F.normalize(img, dim=-1) @ F.normalize(text, dim=-1).T
+        loss = F.cross_entropy(logits, 4 + y)
+        return logits, torch.autograd.grad(loss, [learner.ctx_agnostic, learner.ctx_domain])
+
+    l_ref, g_ref = logits_and_grads(ref_img, ref_text)
+    l_fast, g_fast = logits_and_grads(cached.float(), learner.text_features().flatten(0, 1))
+    assert learner.shares_prefix
+    assert torch.allclose(l_fast, l_ref, atol=1e-5), (l_fast - l_ref).abs().max()
+    for a, b in zip(g_fast, g_ref, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("setting", [s for s in PromptSetting if s is not PromptSetting.manual])
+def test_each_setting_trains_and_changes_the_loss(tmp_path, blob_world, vit, setting):
+    p = PromptConfig.for_setting(setting, m1=2, m2=2).model_dump()
+    cfg = make_cfg(tmp_path, vit, prompt=p, **{"train.epochs": 3})
+    bundle = load_clip(cfg.model)
+    res = train(cfg, bundle, blob_task(blob_world), progress=False)
+    losses = [r["loss"] for r in res.history]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert losses[-1] != losses[0]
+    before = PromptLearner(bundle, res.learner.classnames, res.learner.domains, cfg.prompt)
+    before.reset_parameters(cfg.train.seed)
+    changed = [not torch.equal(a, b) for a, b in
+               zip(before.context_tensors().values(), res.learner.context_tensors().values(), strict=True)]
+    assert all(changed)
+    assert "target_acc" in res.final and "pl_coverage" in res.final
+
+
+def test_manual_setting_is_zero_shot(tmp_path, blob_world, vit):
+    cfg = make_cfg(tmp_path, vit, prompt={"m1": 0, "m2": 0})
+    res = train(cfg, load_clip(cfg.model), blob_task(blob_world), progress=False)
+    assert res.final["target_acc"] == pytest.approx(res.zero_shot["target_acc"])
+
+
+def test_no_pseudo_label_passes_tau_is_finite(tmp_path, blob_world, vit):
+    cfg = make_cfg(tmp_path, vit, **{"pseudo.tau": 1.0})
+    res = train(cfg, load_clip(cfg.model), blob_task(blob_world), progress=False)
+    assert all(r["loss_target"] == 0.0 and np.isfinite(r["loss"]) for r in res.history)
+    assert res.final["pl_coverage"] == 0.0
+
+
+def test_resume_after_kill_is_bit_equal(tmp_path, blob_world, vit):
+    task = blob_task(blob_world)
+    full_cfg = make_cfg(tmp_path / "a", vit, **{"train.epochs": 3})
+    bundle = load_clip(full_cfg.model)
+    full = train(full_cfg, bundle, task, progress=False)
+
+    cut_cfg = make_cfg(tmp_path / "b", vit, **{"train.epochs": 3})
+
+    class Killed(Exception):
+        pass
+
+    def die_after_first(rec):
+        if rec["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cut_cfg, bundle, task, on_epoch=die_after_first, progress=False)
+    # the callback fires before the epoch checkpoint is written: the run resumes from epoch 0 or 1
+    resumed = train(cut_cfg, bundle, task, progress=False)
+    for k, v in full.learner.context_tensors().items():
+        assert torch.equal(v, resumed.learner.context_tensors()[k])
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+def test_resume_from_epoch_checkpoint(tmp_path, blob_world, vit):
+    task = blob_task(blob_world)
+    bundle = load_clip(make_cfg(tmp_path, vit).model)
+    full = train(make_cfg(tmp_path / "a", vit, **{"train.epochs": 3}), bundle, task, progress=False)
+    part_cfg = make_cfg(tmp_path / "b", vit, **{"train.epochs": 3})
+    # simulate a kill right after epoch 2's checkpoint: run 3 epochs, then roll the checkpoint back
+    import dapl.train as tr
+
+    saved = {}
+    orig = tr.Trainer._checkpoint
+
+    def spy(self, epoch, *a):
+        orig(self, epoch, *a)
+        if epoch == 2:
+            saved["ck"] = (Path(self.out) / tr.CHECKPOINT).read_bytes()
+
+    tr.Trainer._checkpoint = spy
+    try:
+        train(part_cfg, bundle, task, progress=False)
+    finally:
+        tr.Trainer._checkpoint = orig
+    (Path(part_cfg.output_dir) / tr.CHECKPOINT).write_bytes(saved["ck"])
+    seen = []
+    resumed = train(part_cfg, bundle, task, on_epoch=lambda r: seen.append(r["epoch"]), progress=False)
+    assert seen == [3]
+    for k, v in full.learner.context_tensors().items():
+        assert torch.equal(v, resumed.learner.context_tensors()[k])
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path, blob_world, vit):
+    task = blob_task(blob_world)
+    cfg = make_cfg(tmp_path, vit)
+    bundle = load_clip(cfg.model)
+    train(cfg, bundle, task, progress=False)
+    with pytest.raises(RuntimeError, match="different configuration"):
+        train(cfg.with_overrides({"train.lr": 0.5}), bundle, task, progress=False)
+
+
+def test_label_free_selection_and_oracle(tmp_path, blob_world, vit):
+    cfg = make_cfg(tmp_path, vit, **{"eval.selection": "source_val", "eval.source_val_fraction": 0.25,
+                                      "train.epochs": 3})
+    res = train(cfg, load_clip(cfg.model), blob_task(blob_world), progress=False)
+    assert res.selection["criterion"] == "source_val"
+    vals = [r["source_val_loss"] for r in res.history]
+    assert res.selection["epoch"] == int(np.argmin(vals)) + 1
+    assert "oracle" in res.oracle["label"]
+    cfg2 = make_cfg(tmp_path / "pl", vit, **{"eval.selection": "pl_agreement"})
+    res2 = train(cfg2, load_clip(cfg2.model), blob_task(blob_world), progress=False)
+    assert all("pl_agreement" in r for r in res2.history) or res2.pseudo["coverage"] == 0
+
+
+def test_online_mode_trains(tmp_path, blob_world, vit):
+    cfg = make_cfg(tmp_path, vit, **{"features.mode": "online", "train.epochs": 1})
+    res = train(cfg, load_clip(cfg.model), blob_task(blob_world, per_class=4), progress=False)
+    assert np.isfinite(res.final["loss"])
+
+
+def test_prompts_artifacts_roundtrip_and_classifier(tmp_path, blob_world, vit):
+    random_cfg = make_cfg(tmp_path, vit)
+    bundle = load_clip(random_cfg.model)
+    torch.save(bundle.model.state_dict(), tmp_path / "w.pt")
+    cfg = random_cfg.with_overrides({"model.pretrained": str(tmp_path / "w.pt")})
+    bundle = load_clip(cfg.model)
+    task = blob_task(blob_world)
+    res = train(cfg, bundle, task, progress=False)
+    out = save_prompts(tmp_path / "p", res.learner, cfg, bundle.identity)
+    tensors, meta = load_prompts(out)
+    assert set(tensors) == {"ctx_agnostic", "ctx_domain"} and meta["domains"] == ["light", "dark"]
+    dec = nearest_tokens(res.learner, bundle, k=2)
+    assert len(dec["agnostic"]) == 2 and set(dec["domain"]) == {"light", "dark"}
+    clf = AdaptedClassifier.load(out, device="cpu")
+    paths = [task.target.resolve(i) for i in range(8)]
+    probs = clf.predict_proba(paths)
+    assert probs.shape == (8, 4) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    # the classifier reproduces the trainer's own predictions on the target test view
+    cache = FeatureCache(cfg.features.cache_dir, bundle, 16, 0, "float32")
+    f = F.normalize(cache.test_features(task.target.subset(range(8))).float(), dim=-1)
+    text = F.normalize(res.learner.text_features(), dim=-1)[1]
+    assert (probs.argmax(1) == (f @ text.T).argmax(1).numpy()).all()
+    # prompts learned on a random model cannot be rebuilt: a clear error, not silently wrong predictions
+    save_prompts(tmp_path / "r", res.learner, random_cfg, "tiny-vit:random")
+    with pytest.raises(ValueError, match="randomly initialised"):
+        AdaptedClassifier.load(tmp_path / "r")
