@@ -80,6 +80,17 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from dapl.run import evaluate_prompts
+
+    res = evaluate_prompts(_config(a), a.prompts)
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1))
+    _print_json({k: {"accuracy": m["accuracy"], "mean_per_class": m["mean_per_class"], "n": m["n"]}
+                 for k, m in res["metrics"].items()})
+    return 0
+
+
 def cmd_benchmark(a: argparse.Namespace) -> int:
     from dapl.benchmark import ablation_specs, benchmark_specs, format_table, results_table, run_one, seed_table
     from dapl.models import load_clip
@@ -169,12 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, hlp in [("features", cmd_features, "encode cached image features (test + train views)"),
                           ("zero-shot", cmd_zero_shot, "zero-shot accuracy and pseudo-label coverage"),
                           ("train", cmd_train, "train prompts for data.source -> data.target"),
+                          ("evaluate", cmd_evaluate, "score saved prompts on data.target"),
                           ("config", cmd_config, "print the resolved configuration")]:
         s = sub.add_parser(name, help=hlp)
         _add_config_args(s)
         s.set_defaults(fn=fn)
-        if name == "zero-shot":
+        if name in ("zero-shot", "evaluate"):
             s.add_argument("--out", help="write the full result JSON here")
+        if name == "evaluate":
+            s.add_argument("--prompts", required=True, help="a run folder written by `dapl train`")
         if name == "train":
             s.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
 

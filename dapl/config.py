@@ -24,9 +24,10 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which frozen CLIP to load, and where from."""
 
-    name: str = Field("RN50-quickgelu", description="open_clip model name, a name in dapl/model_configs, "
+    name: str = Field("toy-clip", description="open_clip model name, a name in dapl/model_configs, "
                       "or a path to an open_clip model-config JSON")
-    pretrained: str | None = Field("openai", description="pretrained tag (e.g. 'openai'), a local weights file "
+    pretrained: str | None = Field("dapl", description="pretrained tag (e.g. 'openai'; 'dapl' = shipped in "
+                                   "dapl/assets, the toy-clip), a local weights file "
                                    "(OpenAI TorchScript/state dict or open_clip format), or null for random init")
     weights_dir: Path | None = Field(None, description="folder searched for '<name>_<tag>.pt' before any download "
                                      "(default: $DAPL_WEIGHTS_DIR or ~/.cache/dapl/weights)")

@@ -25,6 +25,7 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 ASSET_DIR = Path(__file__).parent / "assets"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+SHIPPED_TAG = "dapl"  # weights shipped inside the package (dapl/assets/<name>.pt), e.g. the toy-clip
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -106,6 +107,12 @@ def resolve_weights(cfg: ModelConfig) -> str | None:
     p = cfg.pretrained
     if p is None or p == "" or p.lower() == "none":
         return None
+    if p == SHIPPED_TAG:
+        f = ASSET_DIR / f"{cfg.name}.pt"
+        if not f.is_file():
+            raise WeightsNotFoundError(f"model.pretrained='{SHIPPED_TAG}' means weights shipped in {ASSET_DIR}, "
+                                       f"but {f.name} is not there; produce it with `dapl toy pretrain --out {f}`")
+        return str(f)
     path = Path(p).expanduser()
     if path.suffix in _WEIGHT_SUFFIXES or os.sep in p:
         if not path.is_file():

@@ -30,7 +30,7 @@ def load_manifest(cfg: DaplConfig):
 
     path = manifest_path(cfg)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no manifest yet. Run `dapl index --dataset {cfg.data.dataset} "
+        raise FileNotFoundError(f"{path}: no manifest yet. Run `dapl data index {cfg.data.dataset} "
                                 f"--root {cfg.data.root} --out {path}` first (or set data.manifest)")
     return Manifest.load(path)
 
@@ -53,8 +53,8 @@ def build_task(cfg: DaplConfig, manifest=None) -> AdaptationTask:
 
 def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
     """Encode (or find in the cache) the test view and V train views of every source and target image."""
+    task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
-    task = task or build_task(cfg)
     fc = cfg.features
     cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
     out = {}
@@ -70,8 +70,8 @@ def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Ad
 
 def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
     """Zero-shot accuracy with the hand-written template and pseudo-label coverage/accuracy at τ."""
+    task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
-    task = task or build_task(cfg)
     fc = cfg.features
     cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
     text = zero_shot_text(bundle, task.classnames, cfg.pseudo.template)
@@ -94,8 +94,8 @@ def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundl
     oracle clearly labelled, zero-shot, pseudo-labels), ``history.csv``, ``nearest_tokens.txt``,
     ``per_class.csv`` and ``confusion.csv``.
     """
+    task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
-    task = task or build_task(cfg)
     res = train(cfg, bundle, task, on_epoch=on_epoch, resume=resume, progress=progress)
     return write_outputs(cfg, bundle, task, res)
 
@@ -127,3 +127,36 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle | None = None,
+                     task: AdaptationTask | None = None) -> dict:
+    """Score saved prompts on ``cfg.data``'s target domains (each image with its own domain's prompts)."""
+    import torch
+
+    from dapl.artifacts import load_prompts
+    from dapl.prompts import PromptLearner
+    from dapl.train import predict_own_domain
+
+    tensors, meta = load_prompts(prompt_dir)
+    saved = DaplConfig.model_validate(meta["config"])
+    bundle = bundle or load_clip(saved.model)
+    if meta.get("model_identity") and meta["model_identity"] != bundle.identity:
+        raise ValueError(f"{prompt_dir} was trained on {meta['model_identity']}, not {bundle.identity}; "
+                         "evaluate with the model it was trained on")
+    task = task or build_task(cfg)
+    missing = [task.domains[d] for d in task.target_domains if task.domains[d] not in meta["domains"]]
+    if missing:
+        raise ValueError(f"{prompt_dir} has prompts for domains {meta['domains']}, not {missing}")
+    learner = PromptLearner(bundle, meta["classnames"], meta["domains"], saved.prompt, saved.pseudo.template)
+    learner.load_context(tensors)
+    fc = cfg.features
+    cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+    feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
+    remap = torch.as_tensor([meta["domains"].index(d) for d in task.domains], device=bundle.device)
+    dom = remap[torch.as_tensor(task.evaluation.domains, device=bundle.device)]
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(learner.text_features(), dim=-1)
+        pred, _ = predict_own_domain(feats, dom, text, bundle.logit_scale)
+    ms = target_metrics(task, pred.cpu().numpy())
+    return {"prompts": str(prompt_dir), "metrics": {k: m.to_dict() for k, m in ms.items()}}

@@ -225,3 +225,16 @@ def test_prompts_artifacts_roundtrip_and_classifier(tmp_path, blob_world, vit):
     save_prompts(tmp_path / "r", res.learner, random_cfg, "tiny-vit:random")
     with pytest.raises(ValueError, match="randomly initialised"):
         AdaptedClassifier.load(tmp_path / "r")
+
+
+def test_multi_target_domains(tmp_path, blob_world, vit):
+    """Any number of domains: one domain context each; per-domain metrics plus the union."""
+    base = blob_task(blob_world, per_class=6)
+    dark2 = ImageSet(base.target.paths, base.target.labels, base.target.domains + 1, base.target.root)
+    task = AdaptationTask(base.classnames, ["light", "dark", "dark2"], base.source,
+                          ImageSet.concat([base.target, dark2]))
+    cfg = make_cfg(tmp_path, vit, **{"data.target": ["dark", "dark2"]})
+    res = train(cfg, load_clip(cfg.model), task, progress=False)
+    assert res.learner.ctx_domain.shape[0] == 3
+    assert set(res.target_metrics) == {"dark", "dark2", "all"}
+    assert res.target_metrics["all"].n == 2 * res.target_metrics["dark"].n
