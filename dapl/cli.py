@@ -42,11 +42,25 @@ def cmd_data_fetch(a: argparse.Namespace) -> int:
 def cmd_data_index(a: argparse.Namespace) -> int:
     from dapl.datasets.index import index_dataset
 
-    m = index_dataset(a.dataset, a.root, workers=a.workers)
+    m = index_dataset(a.dataset, a.root, workers=a.workers, decode=not a.no_decode)
     out = Path(a.out or f"artifacts/manifests/{a.dataset}.parquet")
     m.save(out)
     print(m.summary())
+    if a.problems:
+        m.problems.write_csv(a.problems)
+        print(f"problem table written to {a.problems}")
     print(f"manifest written to {out}")
+    return 0
+
+
+def cmd_data_list(a: argparse.Namespace) -> int:
+    from dapl.datasets.registry import get_spec, list_datasets
+
+    for name in list_datasets():
+        s = get_spec(name)
+        doms = ", ".join(s.domain_keys) or "(discovered from folders)"
+        print(f"{name:16s} {s.title}\n{'':16s} domains: {doms}; classes: {len(s.class_folders) or 'discovered'}; "
+              f"metric: {s.metric}; tau: {s.tau}")
     return 0
 
 
@@ -175,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--root", required=True)
     i.add_argument("--out", help="manifest path (default artifacts/manifests/<dataset>.parquet)")
     i.add_argument("--workers", type=int)
+    i.add_argument("--problems", help="also write the problem table (CSV) here")
+    i.add_argument("--no-decode", action="store_true",
+                   help="header-only checks (fast on huge datasets; truncated files are then missed)")
     i.set_defaults(fn=cmd_data_index)
+    data.add_parser("list", help="the datasets of the registry").set_defaults(fn=cmd_data_list)
 
     for name, fn, hlp in [("features", cmd_features, "encode cached image features (test + train views)"),
                           ("zero-shot", cmd_zero_shot, "zero-shot accuracy and pseudo-label coverage"),

@@ -157,9 +157,6 @@ class DataConfig(_Section):
         return [*self.source, *self.target]
 
 
-DEFAULT_TAU = {"office_home": 0.6, "visda2017": 0.5}
-
-
 class DaplConfig(_Section):
     """Everything a run depends on. Serialise with :meth:`to_dict`; hash with :meth:`digest`."""
 
@@ -181,9 +178,15 @@ class DaplConfig(_Section):
 
     @property
     def tau(self) -> float:
+        """``pseudo.tau``, else the dataset's default from the registry (Office-Home 0.6, others 0.5)."""
         if self.pseudo.tau is not None:
             return self.pseudo.tau
-        return DEFAULT_TAU.get(self.data.dataset, 0.5)
+        from dapl.datasets.registry import get_spec
+
+        try:
+            return get_spec(self.data.dataset).tau
+        except (KeyError, ValueError):
+            return 0.5
 
     # -- presets and (de)serialisation -------------------------------------------------------------
     @classmethod

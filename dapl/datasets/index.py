@@ -1,0 +1,288 @@
+"""Index a dataset on disk into a validated polars manifest.
+
+Every file found (or listed by a split file) becomes one row; a file that cannot be used is kept with
+``status="excluded"`` and a ``problem`` of the form ``"<kind>: <detail>"``, so nothing is dropped silently and
+one broken image never stops the run. Checks per file: zero bytes, unreadable or truncated data (full decode),
+decompression bombs (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``), unknown class folders, files missing
+from disk or listed twice, labels that disagree with their folder. Non-RGB modes (grayscale, CMYK, palette,
+RGBA, 16-bit) stay ``ok``: their ``mode`` is recorded and the loader converts them. Dataset-level checks
+(empty domains, classes missing from a domain, duplicate contents across domains) are derived from the
+table by :func:`find_problems`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from dapl.datasets.errors import DatasetLayoutError
+from dapl.datasets.fetch import sha256_file
+from dapl.datasets.manifest import MANIFEST_SCHEMA, Manifest
+from dapl.datasets.problems import note as _note
+from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec
+
+
+@dataclass
+class _Item:
+    path: str  # POSIX, relative to the dataset root
+    domain: str
+    class_folder: str | None
+    split: str
+    label: int | None = None  # from a split file / image list
+    problem: str | None = None  # known before reading the file
+
+
+# -- enumeration --------------------------------------------------------------------------------------
+def _domain_dir(root: Path, d: DomainSpec) -> Path | None:
+    for f in d.all_folders:
+        if (root / f).is_dir():
+            return root / f
+    return None
+
+
+def _walk_files(base: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for f in sorted(filenames):
+            yield Path(dirpath) / f
+
+
+def _rel(root: Path, p: Path) -> str:
+    return p.relative_to(root).as_posix()
+
+
+def _folder_items(root: Path, d: DomainSpec, split: str) -> list[_Item]:
+    ddir = _domain_dir(root, d)
+    if ddir is None:
+        return []
+    base = ddir
+    kids = [p for p in ddir.iterdir() if not p.name.startswith(".")]
+    if [p.name for p in kids] == ["images"] and kids[0].is_dir():  # Office-31 before normalisation
+        base = kids[0]
+    items: list[_Item] = []
+    for entry in sorted(base.iterdir()):
+        if entry.is_dir():
+            items += [_Item(_rel(root, f), d.key, entry.name, split) for f in _walk_files(entry)]
+        elif entry.is_file():
+            items.append(_Item(_rel(root, entry), d.key, None, split,
+                               problem="no_class: file is not inside a class folder"))
+    return items
+
+
+def _parse_list(list_file: Path, prefix: str, notes: list[dict], domain: str) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.strip().rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            notes.append(_note("excluded", "bad_line", domain, None, str(list_file),
+                               f"line {n} is not '<path> <label>': {line.strip()[:80]!r}"))
+            continue
+        rel = parts[0].replace("\\", "/").removeprefix("./")
+        if rel.startswith("/") or ".." in rel.split("/"):  # a list file must not point outside the root
+            notes.append(_note("excluded", "unsafe_path", domain, None, str(list_file),
+                               f"line {n} points outside the dataset folder: {rel[:80]!r}"))
+            continue
+        out.append((prefix + rel, int(parts[1])))
+    return out
+
+
+def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Item]:
+    """Items of image_list (VisDA) and split_files (DomainNet) layouts; unlisted files are counted."""
+    items: list[_Item] = []
+    seen: set[str] = set()
+    for d in spec.domains:
+        ddir = _domain_dir(root, d)
+        folder = ddir.name if ddir is not None else d.folder
+        lists: list[tuple[Path, str, str]] = []  # (file, split, path prefix)
+        if spec.layout == "image_list":
+            lf = root / folder / spec.split_file
+            if lf.is_file():
+                lists.append((lf, d.split or "all", f"{folder}/"))
+            elif ddir is not None:
+                notes.append(_note("info", "no_image_list", d.key, None, _rel(root, ddir),
+                                   f"{spec.split_file} not found; labels taken from the class folders"))
+                items += _folder_items(root, d, d.split or "all")
+                continue
+        else:
+            for s in spec.splits:
+                lf = root / spec.split_file.format(domain=folder, split=s)
+                if not lf.is_file():
+                    raise DatasetLayoutError(
+                        f"{lf}: split file missing for {spec.name} domain {d.key!r} split {s!r}. Get it from "
+                        f"{spec.homepage} (or run `dapl data fetch {spec.name} --root {root}`) and put it there.")
+                lists.append((lf, s, ""))
+        listed: set[str] = set()
+        for lf, split, prefix in lists:
+            for path, label in _parse_list(lf, prefix, notes, d.key):
+                parts = path.split("/")
+                cls = parts[1] if len(parts) >= 3 else None  # <domain folder>/<class>/.../<file>
+                it = _Item(path, d.key, cls, split, label)
+                if path in seen:
+                    it.problem = f"duplicate_listing: listed more than once (again in {lf.name})"
+                elif not (root / path).is_file():
+                    it.problem = f"missing_file: listed in {lf.name} but not on disk"
+                elif parts[0] != folder:
+                    it.problem = f"wrong_domain: listed in {lf.name} for domain {d.key!r} but lies in {parts[0]!r}"
+                seen.add(path)
+                listed.add(path)
+                items.append(it)
+        if ddir is not None:
+            listfiles = {_rel(root, lf) for lf, _, _ in lists}
+            unlisted = [r for f in _walk_files(ddir) if (r := _rel(root, f)) not in listed and r not in listfiles]
+            if unlisted:
+                ex = ", ".join(unlisted[:3])
+                notes.append(_note("info", "not_listed", d.key, None, None,
+                                   f"{len(unlisted)} file(s) on disk are in no split file and are not part of "
+                                   f"{spec.name} (e.g. {ex})"))
+    return items
+
+
+def _assign_classes(spec: DatasetSpec, items: list[_Item]) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Class folders in index order, and folder -> index. Split-file datasets without a fixed list take
+    their classes from the labels (folder named most often for each label), ordered by label."""
+    folders = spec.class_folders
+    label_idx = {lab: lab for lab in range(len(folders))}  # fixed lists: the label is the index
+    if not folders and any(it.label is not None for it in items):
+        by_label: dict[int, Counter] = defaultdict(Counter)
+        for it in items:
+            if it.label is not None and it.class_folder is not None and it.problem is None:
+                by_label[it.label][it.class_folder] += 1
+        folders = tuple(by_label[k].most_common(1)[0][0] for k in sorted(by_label))
+        label_idx = {lab: k for k, lab in enumerate(sorted(by_label))}
+    index = {f: i for i, f in enumerate(folders)}
+    for it in items:
+        if it.problem is not None or it.class_folder is None:
+            continue
+        if it.class_folder not in index:
+            it.problem = (f"unknown_class: folder {it.class_folder!r} is not one of the {len(folders)} classes "
+                          f"of {spec.name}")
+        elif it.label is not None and label_idx.get(it.label) != index[it.class_folder]:
+            it.problem = (f"label_mismatch: label {it.label} in the list file but folder {it.class_folder!r} "
+                          f"is class {index[it.class_folder]}")
+    return folders, index
+
+
+# -- verification --------------------------------------------------------------------------------------
+IN_MEMORY_BYTES = 64 << 20
+
+def verify_image(path: Path | str, *, decode: bool = True) -> dict:
+    """Size, content hash, pixel size and mode of one file, or the reason it cannot be used.
+
+    Never raises: any failure becomes ``problem``. ``decode=False`` reads only the header (faster, but a
+    truncated file then passes).
+    """
+    out: dict = {"file_size": None, "sha256": None, "width": None, "height": None, "mode": None, "problem": None}
+    try:
+        path = Path(path)
+        size = path.stat().st_size
+        out["file_size"] = size
+        if size == 0:
+            out["problem"] = "zero_byte: empty file (0 bytes)"
+            return out
+        if size <= IN_MEMORY_BYTES:  # read once: hash and decode the same bytes
+            data = path.read_bytes()
+            out["sha256"] = hashlib.sha256(data).hexdigest()
+            source: Path | io.BytesIO = io.BytesIO(data)
+        else:
+            out["sha256"] = sha256_file(path)
+            source = path
+        limit = Image.MAX_IMAGE_PIXELS
+        with Image.open(source) as im:
+            out["width"], out["height"] = im.size
+            out["mode"] = im.mode
+            if limit and im.size[0] * im.size[1] > limit:
+                out["problem"] = (f"decompression_bomb: {im.size[0]}x{im.size[1]} pixels exceeds "
+                                  f"PIL.Image.MAX_IMAGE_PIXELS={limit}")
+                return out
+            if decode:
+                im.load()
+    except Image.DecompressionBombError as e:
+        out["problem"] = f"decompression_bomb: {e}"
+    except UnidentifiedImageError:
+        out["problem"] = "unreadable: not an image format Pillow can identify"
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        kind = "truncated" if "truncat" in str(e).lower() else "unreadable"
+        out["problem"] = f"{kind}: {e.__class__.__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - one odd file must never stop the index
+        out["problem"] = f"error: {e.__class__.__name__}: {e}"
+    return out
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | None = None, decode: bool = True,
+                  progress: bool = True) -> Manifest:
+    """Index and validate dataset ``name`` under ``root`` (see the module docstring); never drops a file."""
+    spec = name if isinstance(name, DatasetSpec) else get_spec(name)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: dataset folder not found; run `dapl data fetch {spec.name} --root "
+                                 f"{root}` first (see docs/DATASETS.md)")
+    root = root.absolute()
+    spec = discover(spec, root)
+    notes: list[dict] = []
+    if spec.layout in ("image_list", "split_files"):
+        items = _listed_items(root, spec, notes)
+    else:
+        items = [it for d in spec.domains for it in _folder_items(root, d, "all")]
+    known = {f for d in spec.domains for f in d.all_folders}
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and not p.name.startswith(".") and p.name not in known and spec.layout != "split_files":
+            notes.append(_note("info", "unknown_folder", None, None, p.name,
+                               f"folder is not a domain of {spec.name}; ignored"))
+    folders, index = _assign_classes(spec, items)
+    todo = [i for i, it in enumerate(items) if it.problem is None]
+    results: dict[int, dict] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # recorded as a problem instead
+        with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+            it = pool.map(lambda i: verify_image(root / items[i].path, decode=decode), todo)
+            for i, res in zip(todo, tqdm(it, total=len(todo), desc=f"verify {spec.name}", unit="img",
+                                         disable=not progress), strict=True):
+                results[i] = res
+    rows = []
+    for i, item in enumerate(items):
+        res = results.get(i) or _stat_only(root / item.path)
+        problem = item.problem or res["problem"]
+        cidx = index.get(item.class_folder, -1) if item.class_folder is not None else -1
+        rows.append({
+            "path": item.path, "domain": item.domain,
+            "class_name": display_name(item.class_folder) if cidx >= 0 else None,
+            "class_folder": item.class_folder, "class_idx": cidx, "split": item.split,
+            "width": res["width"], "height": res["height"], "mode": res["mode"],
+            "file_size": res["file_size"], "sha256": res["sha256"],
+            "status": "ok" if problem is None else "excluded", "problem": problem,
+        })
+    order = {d.key: k for k, d in enumerate(spec.domains)}
+    df = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
+    df = (df.with_columns(pl.col("domain").replace_strict(order, default=len(order)).alias("_rank"))
+          .sort(["_rank", "path"]).drop("_rank"))
+    return Manifest(df=df, root=root, dataset=spec.name, classes=[display_name(f) for f in folders],
+                    class_folders=list(folders), domains=[d.key for d in spec.domains],
+                    domain_folders=[(_domain_dir(root, d) or root / d.folder).name for d in spec.domains],
+                    metric=spec.metric, tau=spec.tau, notes=notes)
+
+
+def _stat_only(path: Path) -> dict:
+    out = {"file_size": None, "sha256": None, "width": None, "height": None, "mode": None, "problem": None}
+    try:
+        out["file_size"] = path.stat().st_size
+        out["sha256"] = sha256_file(path) if out["file_size"] else None
+    except OSError:
+        pass
+    return out

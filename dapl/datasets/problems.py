@@ -1,0 +1,93 @@
+"""The problem table: every reason a file was excluded, and dataset-level warnings, in one polars frame."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import polars as pl
+
+PROBLEM_SCHEMA = {"severity": pl.Utf8, "kind": pl.Utf8, "domain": pl.Utf8, "class_name": pl.Utf8,
+                  "path": pl.Utf8, "detail": pl.Utf8}
+SEVERITY_ORDER = {"error": 0, "excluded": 1, "warning": 2, "info": 3}
+
+
+def note(severity: str, kind: str, domain: str | None, class_name: str | None, path: str | None,
+          detail: str) -> dict:
+    return {"severity": severity, "kind": kind, "domain": domain, "class_name": class_name, "path": path,
+            "detail": detail}
+
+
+def find_problems(df: pl.DataFrame, classes: list[str], domains: list[str],
+                  notes: Iterable[dict] = ()) -> pl.DataFrame:
+    """All problems as one table (severity, kind, domain, class_name, path, detail).
+
+    Severities: ``error`` (a domain has no usable image), ``excluded`` (a file left out), ``warning``
+    (usable but suspicious: a class missing from a domain, identical files in two domains or under two
+    classes), ``info`` (non-RGB modes converted on load, unlisted files, ...).
+    """
+    out: list[dict] = list(notes)
+    bad = df.filter(pl.col("status") == "excluded")
+    for r in bad.select("domain", "class_name", "path", "problem").iter_rows(named=True):
+        kind, _, detail = (r["problem"] or "error: ?").partition(": ")
+        out.append(note("excluded", kind, r["domain"], r["class_name"], r["path"], detail))
+    ok = df.filter(pl.col("status") == "ok")
+    for r in ok.filter(pl.col("mode") != "RGB").select("domain", "class_name", "path", "mode").iter_rows(
+            named=True):
+        out.append(note("info", "non_rgb_mode", r["domain"], r["class_name"], r["path"],
+                         f"mode {r['mode']}; converted to RGB when loaded"))
+    per = ok.group_by("domain", "class_idx").len()
+    have = {(d, c) for d, c in per.select("domain", "class_idx").iter_rows()}
+    counts = dict(ok.group_by("domain").len().iter_rows())
+    for d in domains:
+        if not counts.get(d):
+            out.append(note("error", "empty_domain", d, None, None, "domain has no usable image"))
+    live = [d for d in domains if counts.get(d)]
+    for c, name in enumerate(classes):
+        present = [d for d in live if (d, c) in have]
+        if not present:
+            out.append(note("warning", "missing_class", None, name, None,
+                            f"class {name!r} has no usable image in any domain"))
+            continue
+        for d in live:
+            if (d, c) not in have:
+                out.append(note("warning", "missing_class", d, name, None,
+                                f"class {name!r} has no usable image in domain {d!r} "
+                                f"(present in: {', '.join(present)})"))
+    out += _duplicates(ok)
+    table = pl.DataFrame(out, schema=PROBLEM_SCHEMA)
+    return (table.with_columns(pl.col("severity").replace_strict(SEVERITY_ORDER, default=9).alias("_s"))
+            .sort(["_s", "kind", "domain", "path"], nulls_last=True).drop("_s"))
+
+
+def _duplicates(ok: pl.DataFrame) -> list[dict]:
+    dup = (ok.filter(pl.col("sha256").is_not_null())
+           .filter(pl.col("sha256").is_duplicated())
+           .sort("domain", "path"))
+    out = []
+    for _, g in dup.group_by("sha256", maintain_order=True):
+        doms = g["domain"].unique().to_list()
+        labels = g["class_idx"].unique().to_list()
+        if len(doms) > 1:
+            kind, sev = "duplicate_across_domains", "warning"
+        elif len(labels) > 1:
+            kind, sev = "duplicate_label_conflict", "warning"
+        else:
+            kind, sev = "duplicate_within_domain", "info"
+        paths = g["path"].to_list()
+        for r in g.iter_rows(named=True):
+            others = [p for p in paths if p != r["path"]]
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            out.append(note(sev, kind, r["domain"], r["class_name"], r["path"],
+                             f"same content as {', '.join(others[:3])}{more}"))
+    return out
+
+
+def problem_counts(problems: pl.DataFrame, examples: int = 3) -> pl.DataFrame:
+    """How many problems of each severity/kind, with a few example files."""
+    if problems.is_empty():
+        return pl.DataFrame(schema={"severity": pl.Utf8, "kind": pl.Utf8, "count": pl.UInt32,
+                                    "examples": pl.Utf8})
+    return (problems.group_by("severity", "kind", maintain_order=True)
+            .agg(pl.len().alias("count"),
+                 pl.coalesce("path", pl.concat_str("domain", "class_name", separator="/"), "class_name", "domain")
+                 .drop_nulls().head(examples).str.join(", ").alias("examples")))
