@@ -138,13 +138,25 @@ class PromptLearner(nn.Module):
 
     @property
     def shares_prefix(self) -> bool:
-        """Unified context: every prompt of a domain begins with the same ``1 + M1 + M2`` positions."""
-        return self.cfg.learned and not self.cfg.csc and self.encoder.shared_ok
+        """Prompts share a prefix the encoder can run once: with a unified context every prompt of a domain
+        begins with the same ``1 + M1 + M2`` positions; with a class-specific context the D prompts of a class
+        begin with the same ``1 + M1`` positions (``[SOS] v_k``)."""
+        return (self.cfg.learned and self.encoder.shared_ok
+                and (not self.cfg.csc or self.n_domains > 1))
 
     def shared_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``prefix [G, Lp, W]``, ``suffix [G, S, Ls, W]``, ``eot [G, S]`` with one group per domain
-        (a single group when there is no domain-specific context)."""
+        """``prefix [G, Lp, W]``, ``suffix [G, S, Ls, W]``, ``eot [G, S]``: with a unified context one group per
+        domain (a single group when there is no domain-specific context) holding its K classes; with a
+        class-specific context one group per class holding its D domains (the domain context is then part of
+        the suffix)."""
         K, D = self.n_classes, self.n_domains
+        if self.cfg.csc:
+            prefix = torch.cat([self.sos.expand(K, -1, -1), self.ctx_agnostic], dim=1)  # [K, 1+M1, W]
+            fixed = self.suffix.view(D, K, *self.suffix.shape[1:]).transpose(0, 1)  # [K, D, Ls, W]
+            if self.ctx_domain is not None:
+                dom = self.ctx_domain.unsqueeze(0).expand(K, -1, -1, -1)  # [K, D, M2, W]
+                fixed = torch.cat([dom, fixed], dim=2)
+            return prefix, fixed, self.eot.view(D, K).T
         parts = [self.sos.expand(1, -1, -1)]
         if self.ctx_agnostic is not None:
             parts.append(self.ctx_agnostic.unsqueeze(0))
@@ -157,14 +169,15 @@ class PromptLearner(nn.Module):
     def text_features(self, chunk: int = 0, shared: bool | None = None) -> torch.Tensor:
         """Encode every prompt once: ``[D, K, E]`` (unnormalised).
 
-        Uses the shared-prefix path whenever the context is unified (exact and several times cheaper),
-        the cut full sequences otherwise.
+        Uses the shared-prefix path whenever prompts share a prefix (exact and several times cheaper),
+        the cut full sequences otherwise. ``chunk`` bounds memory (prompts per checkpointed chunk) on both paths.
         """
         K, D = self.n_classes, self.n_domains
         use_shared = self.shares_prefix if shared is None else shared
         if use_shared:
             prefix, suffix, eot = self.shared_parts()
-            return self.encoder.forward_shared(prefix, suffix, eot).reshape(D, K, -1)
+            out = self.encoder.forward_shared(prefix, suffix, eot, chunk=chunk)
+            return out.transpose(0, 1).reshape(D, K, -1) if self.cfg.csc else out.reshape(D, K, -1)
         x, eot = self.embeddings()
         return self.encoder(x, eot, chunk=chunk).view(D, K, -1)
 

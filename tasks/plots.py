@@ -1,0 +1,138 @@
+"""PNG figures for MLflow (matplotlib, Agg backend: no display needed): per run a confusion matrix and
+per-class accuracy; per flow run accuracy vs τ, the M1×M2 heatmap, prompt-setting bars and benchmark bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_png(confusion_csv: Path, out: Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (true class down, predicted across)."""
+    df = pl.read_csv(confusion_csv)
+    classes = df["true"].to_list()
+    m = df.drop("true").to_numpy().astype(float)
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(2 + 0.35 * k, 1.6 + 0.35 * k))
+    im = ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion (row-normalised)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, out)
+
+
+def per_class_png(per_class_csv: Path, out: Path, title: str = "") -> Path:
+    df = pl.read_csv(per_class_csv)
+    fig, ax = plt.subplots(figsize=(2 + 0.3 * len(df), 3))
+    ax.bar(range(len(df)), df["accuracy"].to_list(), color="tab:blue")
+    ax.set_xticks(range(len(df)), df["class"].to_list(), rotation=90, fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "per-class accuracy", fontsize=9)
+    return _save(fig, out)
+
+
+def _kind(rows: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    sel = rows.filter(pl.col("method").str.starts_with(prefix))
+    return sel.with_columns(pl.col("method").str.slice(len(prefix)).alias("arg"))
+
+
+def tau_png(rows: pl.DataFrame, out: Path) -> Path | None:
+    """Target accuracy and pseudo-label coverage vs τ (mean over seeds)."""
+    d = _kind(rows, "tau:")
+    if d.is_empty():
+        return None
+    d = (d.with_columns(pl.col("arg").cast(pl.Float64).alias("tau")).group_by("tau")
+         .agg(pl.col("accuracy").mean(), pl.col("pl_coverage").mean()).sort("tau"))
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    (a,) = ax.plot(d["tau"], d["accuracy"], "o-", label="target accuracy")
+    ax.set_xlabel("pseudo-label threshold τ")
+    ax.set_ylabel("accuracy (%)")
+    ax2 = ax.twinx()
+    (b,) = ax2.plot(d["tau"], [100 * v if v is not None else np.nan for v in d["pl_coverage"]], "s--",
+                    color="tab:orange", label="pseudo-label coverage")
+    ax2.set_ylabel("coverage (%)")
+    ax.legend(handles=[a, b], loc="best", fontsize=7)
+    ax.set_title("accuracy vs τ", fontsize=9)
+    return _save(fig, out)
+
+
+def m1m2_png(rows: pl.DataFrame, out: Path) -> Path | None:
+    """Heatmap of target accuracy over the M1 (domain-agnostic) × M2 (domain-specific) grid."""
+    d = _kind(rows, "m1m2:")
+    if d.is_empty():
+        return None
+    d = d.with_columns(pl.col("arg").str.split("x").list.get(0).cast(pl.Int64).alias("m1"),
+                       pl.col("arg").str.split("x").list.get(1).cast(pl.Int64).alias("m2"))
+    d = d.group_by(["m1", "m2"]).agg(pl.col("accuracy").mean())
+    m1s, m2s = sorted(d["m1"].unique().to_list()), sorted(d["m2"].unique().to_list())
+    grid = np.full((len(m1s), len(m2s)), np.nan)
+    for m1, m2, acc in d.iter_rows():
+        grid[m1s.index(m1), m2s.index(m2)] = acc if acc is not None else np.nan
+    fig, ax = plt.subplots(figsize=(1.8 + 0.9 * len(m2s), 1.4 + 0.8 * len(m1s)))
+    im = ax.imshow(grid, cmap="viridis")
+    for i in range(len(m1s)):
+        for j in range(len(m2s)):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(m2s)), m2s)
+    ax.set_yticks(range(len(m1s)), m1s)
+    ax.set_xlabel("M2 (domain-specific tokens)")
+    ax.set_ylabel("M1 (domain-agnostic tokens)")
+    ax.set_title("accuracy over M1 × M2", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, out)
+
+
+def settings_png(rows: pl.DataFrame, out: Path) -> Path | None:
+    """Bars for the five prompt settings of the paper's ablation (mean ± std over seeds)."""
+    d = _kind(rows, "setting:")
+    if d.is_empty():
+        return None
+    order = ["manual", "unified", "class_specific", "unified_domain", "class_specific_domain"]
+    d = d.group_by("arg").agg(pl.col("accuracy").mean().alias("mean"), pl.col("accuracy").std().alias("std"))
+    d = d.sort(pl.col("arg").replace_strict({k: i for i, k in enumerate(order)}, default=len(order)))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.bar(range(len(d)), d["mean"].to_list(), yerr=[v or 0 for v in d["std"].to_list()], capsize=3)
+    ax.set_xticks(range(len(d)), [a.replace("_", "\n") for a in d["arg"].to_list()], fontsize=7)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("prompt settings", fontsize=9)
+    return _save(fig, out)
+
+
+def benchmark_png(rows: pl.DataFrame, out: Path) -> Path | None:
+    """Grouped bars: one group per pair, one bar per method (mean over seeds)."""
+    methods = [m for m in dict.fromkeys(rows["method"].to_list()) if ":" not in m]
+    if not methods:
+        return None
+    d = rows.filter(pl.col("method").is_in(methods)).group_by(["pair", "method"]).agg(pl.col("accuracy").mean())
+    pairs = list(dict.fromkeys(rows["pair"].to_list()))
+    w = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(2 + 0.7 * len(pairs) * max(1, len(methods) / 2), 3.4))
+    for i, m in enumerate(methods):
+        vals = {p: a for p, mm, a in d.iter_rows() if mm == m}
+        ax.bar(np.arange(len(pairs)) + (i - (len(methods) - 1) / 2) * w,
+               [vals.get(p) or 0 for p in pairs], w, label=m)
+    ax.set_xticks(range(len(pairs)), pairs, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("target accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("benchmark", fontsize=9)
+    return _save(fig, out)

@@ -1,0 +1,57 @@
+"""The flow run's summary: results table (markdown + CSV, polars), per-seed table, plots, into the parent run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from dapl.benchmark import format_table, results_table, seed_table
+from tasks import plots, tracking
+
+ROW_COLUMNS = ("pair", "source", "target", "method", "seed", "accuracy", "zero_shot", "pl_coverage", "pl_accuracy",
+               "output_dir", "run_id", "resumed_from_epoch", "flow_run_id")
+
+
+@task(name="summarise", cache_policy=NO_CACHE, persist_result=False)
+def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str, track: dict | None = None) -> dict:
+    """Write ``<kind>_table.{md,csv}``, ``<kind>_runs.csv``, ``<kind>_seeds.csv``, pseudo-label stats and PNGs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df = pl.DataFrame([{k: r.get(k) for k in ROW_COLUMNS} for r in rows],
+                      schema_overrides={"accuracy": pl.Float64, "zero_shot": pl.Float64, "pl_coverage": pl.Float64,
+                                        "pl_accuracy": pl.Float64, "run_id": pl.Utf8})
+    table = results_table(df.to_dicts())
+    md = format_table(table)
+    files = {
+        "table_md": out / f"{kind}_table.md",
+        "table_csv": out / f"{kind}_table.csv",
+        "runs_csv": out / f"{kind}_runs.csv",
+        "seeds_csv": out / f"{kind}_seeds.csv",
+    }
+    files["table_md"].write_text(md + "\n")
+    table.write_csv(files["table_csv"])
+    df.write_csv(files["runs_csv"])
+    seed_table(df.to_dicts()).write_csv(files["seeds_csv"])
+    if zero_shots:
+        files["pseudo_csv"] = out / f"{kind}_pseudo_labels.csv"
+        cols = ("pair", "tau", "coverage", "pl_accuracy", "target_acc", "target_mean_per_class")
+        pl.DataFrame([{k: z.get(k) for k in cols} for z in zero_shots],
+                     schema_overrides={c: pl.Float64 for c in cols[1:]}).write_csv(files["pseudo_csv"])
+    pngs = [p for p in (plots.benchmark_png(df, out / "plots" / "benchmark.png"),
+                        plots.settings_png(df, out / "plots" / "prompt_settings.png"),
+                        plots.m1m2_png(df, out / "plots" / "m1m2_heatmap.png"),
+                        plots.tau_png(df, out / "plots" / "accuracy_vs_tau.png")) if p is not None]
+    if track and track.get("parent_run_id"):
+        uri, run_id = track["uri"], track["parent_run_id"]
+        tracking.log_artifacts(uri, run_id, list(files.values()), "results")
+        tracking.log_artifacts(uri, run_id, pngs, "plots")
+        avg = {f"avg.{m}": a for m, a in zip(table["method"].to_list(), table["avg"].to_list(), strict=True)}
+        tracking.log_metrics(uri, run_id, avg)
+        tracking.set_tags(uri, run_id, {"runs": len(rows),
+                                        "runs_from_cache": sum(1 for r in rows if r.get("cached"))})
+    get_run_logger().info("%s results (%d runs):\n%s", kind, len(rows), md)
+    return {"markdown": md, "files": {k: str(v) for k, v in files.items()}, "plots": [str(p) for p in pngs]}

@@ -1,0 +1,124 @@
+"""Prompt training for one run (pair, method, seed) with per-epoch MLflow metrics, and its evaluation artifacts.
+
+Training resumes from ``output_dir/checkpoint.pt`` when a killed flow is started again (the library's
+``resume``); epochs that were logged by the killed run are logged again into the new run from the
+checkpointed history, so every finished MLflow run holds the whole metric curve.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import task
+from prefect.logging import get_run_logger
+
+from dapl.benchmark import RunSpec, config_for, run_one
+from dapl.config import DaplConfig
+from tasks import plots, tracking
+from tasks.common import clip_bundle, key_fn, load_manifest, run_context
+
+ALL_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
+EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
+                 "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss")
+
+
+def checkpoint_epoch(output_dir: str | Path) -> int:
+    """The epoch a run would resume from (0 when there is no checkpoint)."""
+    path = Path(output_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return 0
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False).get("epoch", 0))
+    except Exception:  # noqa: BLE001 - a torn file: the trainer will report it
+        return 0
+
+
+def run_name(spec: RunSpec) -> str:
+    return f"{spec.pair} {spec.method} seed{spec.seed}"
+
+
+@task(name="train-prompts", cache_key_fn=key_fn(ALL_SECTIONS, ("spec", "runs_dir", "manifest_sha", "weights_sha")),
+      persist_result=True)
+def train_prompts(cfg: dict, spec: dict, runs_dir: str, manifest: str, manifest_sha: str, weights_sha: str,
+                  track: dict | None = None) -> dict:
+    """Train (or evaluate, for the manual prompt) one run; returns its results-table row.
+
+    ``track`` = {uri, experiment_id, parent_run_id, tags}: where the nested MLflow run goes (not in the cache key).
+    """
+    log = get_run_logger()
+    base = DaplConfig.model_validate(cfg)
+    rs = RunSpec(**spec)
+    run_cfg = config_for(base, rs, runs_dir)
+    start = checkpoint_epoch(run_cfg.output_dir)
+    if start:
+        log.info("%s: resuming from the epoch-%d checkpoint in %s", run_name(rs), start, run_cfg.output_dir)
+    run_id = None
+    uri = (track or {}).get("uri")
+    if track:
+        tags = {**track.get("tags", {}), "pair": rs.pair, "method": rs.method, "seed": rs.seed,
+                "setting": run_cfg.prompt.setting.value, "prefect.task_run_id": run_context()["task_run_id"],
+                "prefect.flow_run_id": run_context()["flow_run_id"], "dapl.resumed_from_epoch": start}
+        run_id = tracking.start_run(uri, track["experiment_id"], run_name(rs), tags, track.get("parent_run_id"))
+        tracking.log_params(uri, run_id, run_cfg.flat())
+    logged: set[int] = set()
+
+    def on_epoch(rec: dict) -> None:
+        if run_id:
+            tracking.log_metrics(uri, run_id, {k: rec[k] for k in EPOCH_METRICS if k in rec}, step=rec["epoch"])
+        logged.add(int(rec["epoch"]))
+
+    try:
+        row = run_one(base, rs, runs_dir, bundle=clip_bundle(base),
+                      manifest=load_manifest(manifest, manifest_sha), progress=False, on_epoch=on_epoch)
+        out = Path(run_cfg.output_dir)
+        if run_id:
+            hist = out / "history.csv"
+            if hist.is_file():  # epochs trained before a resume, and the manual prompt's single evaluation
+                for rec in pl.read_csv(hist).to_dicts():
+                    if int(rec["epoch"]) not in logged:
+                        tracking.log_metrics(uri, run_id, {k: rec[k] for k in EPOCH_METRICS if k in rec},
+                                             step=int(rec["epoch"]))
+            tracking.log_artifacts(uri, run_id, [out / f for f in ("prompts.safetensors", "prompts.json",
+                                                                   "nearest_tokens.txt", "nearest_tokens.json")],
+                                   "prompts")
+            tracking.log_artifacts(uri, run_id, [out / "history.csv", out / "metrics.json"], "metrics")
+            tracking.end_run(uri, run_id, "FINISHED")
+    except BaseException:
+        if run_id:
+            tracking.end_run(uri, run_id, "FAILED")
+        raise
+    log.info("%s: %s%% (zero-shot %s%%)", run_name(rs), _fmt(row["accuracy"]), _fmt(row["zero_shot"]))
+    return {**row, "run_id": run_id, "resumed_from_epoch": start, **run_context()}
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+@task(name="evaluate", cache_key_fn=key_fn((), ("row",)), persist_result=True)
+def evaluate(row: dict, track: dict | None = None) -> dict:
+    """Confusion matrix and per-class accuracy (PNG + CSV) and the final numbers, into the run's MLflow run."""
+    out = Path(row["output_dir"])
+    summary = json.loads((out / "metrics.json").read_text())
+    title = f"{row['pair']} {row['method']} seed{row['seed']}"
+    pngs = []
+    if (out / "confusion.csv").is_file():
+        pngs.append(plots.confusion_png(out / "confusion.csv", out / "confusion.png", f"confusion: {title}"))
+    if (out / "per_class.csv").is_file():
+        pngs.append(plots.per_class_png(out / "per_class.csv", out / "per_class.png", f"per class: {title}"))
+    flat = {f"final.{k}": v for k, v in summary.get("final", {}).items()}
+    flat |= {f"zero_shot.{k}": v for k, v in summary.get("zero_shot", {}).items()}
+    flat |= {f"pseudo_labels.{k}": v for k, v in (summary.get("pseudo_labels") or {}).items()}
+    flat |= {f"oracle.{k}": v for k, v in summary.get("oracle", {}).items()}
+    if track and row.get("run_id"):
+        uri = track["uri"]
+        tracking.log_metrics(uri, row["run_id"], flat)
+        tracking.log_artifacts(uri, row["run_id"], [out / "confusion.csv", out / "per_class.csv", *pngs],
+                               "evaluation")
+    return {**row, "final": summary.get("final", {}), "oracle": summary.get("oracle", {}),
+            "plots": [str(p) for p in pngs]}

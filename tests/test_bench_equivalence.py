@@ -1,0 +1,61 @@
+"""The benchmark's guard: the released code's structure and ours give the same logits, loss and gradients.
+
+Tiny CLIPs (a ViT and a ModifiedResNet) so it runs in seconds; the harness runs the same check at real size
+before timing anything.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.official import check_equivalence
+from bench.run import write_block
+from bench.scaling import prompt_tokens
+from bench.step import OfficialStep, OursStep, learner_for, make_batch
+from dapl.config import ModelConfig
+from dapl.models import load_clip
+
+CLASSES = ["dog", "traffic light", "alarm clock", "cat"]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model_name):
+    return load_clip(ModelConfig(name=tiny_model_name, pretrained=None, device="cpu", amp=False))
+
+
+@pytest.mark.parametrize("setting", ["unified_domain", "class_specific_domain"])
+def test_official_structure_and_ours_agree(bundle, setting):
+    batch = make_batch(bundle, len(CLASSES), 4, 4)
+    eq = check_equivalence(bundle, learner_for(bundle, CLASSES, ["source", "target"], setting, m1=4, m2=2), batch)
+    assert eq.ok, eq
+    assert eq.logits_max_abs < 1e-4 and eq.pseudo_agree == 1.0
+
+
+def test_check_catches_a_different_computation(bundle, monkeypatch):
+    """A wrong prompt (here: the domain contexts swapped on our side) must fail the check."""
+    learner = learner_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=4, m2=2)
+    real = learner.text_features
+    monkeypatch.setattr(learner, "text_features", lambda chunk=0, shared=None: real(chunk).flip(0))
+    assert not check_equivalence(bundle, learner, make_batch(bundle, len(CLASSES), 4, 4)).ok
+
+
+def test_chunked_shared_prefix_matches(bundle):
+    for setting in ("unified_domain", "class_specific_domain"):
+        learner = learner_for(bundle, CLASSES, ["a", "b", "c"], setting, m1=4, m2=2)
+        full, chunked = learner.text_features(), learner.text_features(chunk=3)
+        assert torch.allclose(full, chunked, atol=1e-5)
+        assert prompt_tokens(learner) < 3 * len(CLASSES) * learner.length
+
+
+def test_steps_run_and_report_block(bundle, tmp_path):
+    learner = learner_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=2, m2=2)
+    assert torch.isfinite(torch.tensor(OursStep(bundle, learner, n_images=16)()))
+    off = learner_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=2, m2=2)
+    assert torch.isfinite(torch.tensor(OfficialStep(bundle, off, make_batch(bundle, len(CLASSES), 2, 2))()))
+    out = tmp_path / "P.md"
+    out.write_text("# P\n\nhand-written\n")
+    write_block(out, "cpu-quick", "one")
+    write_block(out, "cpu-quick", "two")
+    text = out.read_text()
+    assert "hand-written" in text and "two" in text and "one" not in text

@@ -1,0 +1,147 @@
+"""The Prefect flow end to end on a tiny toy world and a tiny CLIP, asserting on the MLflow runs it created.
+
+One Prefect test server for the module (``prefect_test_harness``); the benchmark and the ablations share the
+world, the model and the feature cache, and a second benchmark call must come entirely from cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("prefect")
+pytest.importorskip("mlflow")
+
+import open_clip  # noqa: E402
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from tests.conftest import TINY_CONFIGS  # noqa: E402
+
+EPOCHS = 2
+OVERRIDES = {"features.views": 1, "features.num_workers": 0, "features.batch_size": 64,
+             "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A workdir with a tiny model (config JSON + seeded weights file) and isolated Prefect/MLflow state."""
+    wd = tmp_path_factory.mktemp("dag")
+    cfg_path = wd / "tiny-vit.json"
+    cfg_path.write_text(json.dumps(TINY_CONFIGS["tiny-vit"]))
+    open_clip.add_model_config(cfg_path)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-vit")
+    weights = wd / "tiny-vit.pt"
+    torch.save(model.state_dict(), weights)
+    old = os.environ.get("DAPL_RESULTS_DIR")
+    os.environ["DAPL_RESULTS_DIR"] = str(wd / "results")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield {"wd": wd, "model": str(cfg_path), "weights": str(weights), "uri": f"sqlite:///{wd / 'mlflow.db'}"}
+    if old is None:
+        os.environ.pop("DAPL_RESULTS_DIR", None)
+    else:
+        os.environ["DAPL_RESULTS_DIR"] = old
+
+
+def _run(env, kind: str, **kw) -> dict:
+    from flows.dapl_flow import dapl
+
+    params = {"dataset": "toy", "root": str(env["wd"] / "toy"), "toy": {"images_per_class": 3, "size": 32},
+              "backbone": env["model"], "weights": env["weights"], "epochs": EPOCHS, "overrides": OVERRIDES,
+              "workdir": str(env["wd"]), "tracking_uri": env["uri"]}
+    return dapl(kind=kind, **(params | kw))
+
+
+def _children(client, result: dict) -> list:
+    runs = client.search_runs([result["experiment_id"]],
+                              filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    return list(runs)
+
+
+@pytest.fixture(scope="module")
+def benchmark(env):
+    return _run(env, "full-benchmark", pairs=["real->art"])
+
+
+def test_benchmark_runs_in_mlflow(env, benchmark):
+    from mlflow import MlflowClient
+
+    from dapl.config import DaplConfig
+
+    c = MlflowClient(env["uri"])
+    parent = c.get_run(benchmark["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dataset"] == "toy" and parent.data.tags["data_version"].startswith("manifest:")
+    assert parent.data.tags["git_commit"]
+    kids = {r.info.run_name: r for r in _children(c, benchmark)}
+    assert set(kids) == {"real->art zero_shot seed1", "real->art source_only seed1", "real->art dapl seed1"}
+    run = kids["real->art dapl seed1"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["pair"] == "real->art" and run.data.tags["method"] == "dapl"
+    # params: the run's whole configuration
+    meta = json.loads(Path(c.download_artifacts(run.info.run_id, "prompts/prompts.json")).read_text())
+    cfg = DaplConfig.model_validate(meta["config"])
+    assert set(run.data.params) == set(cfg.flat())
+    assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["data.target"] == "['art']"
+    # metrics per epoch
+    for key in ("loss_source", "loss_target", "pl_coverage", "target_acc", "target_mean_per_class"):
+        hist = c.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in sorted(hist, key=lambda m: m.step)] == list(range(1, EPOCHS + 1)), key
+    assert "final.target_acc" in run.data.metrics
+    # artifacts present and loadable
+    prompts = load_file(c.download_artifacts(run.info.run_id, "prompts/prompts.safetensors"))
+    assert prompts and all(t.ndim >= 2 for t in prompts.values())
+    assert Path(c.download_artifacts(run.info.run_id, "prompts/nearest_tokens.txt")).read_text().strip()
+    Image.open(c.download_artifacts(run.info.run_id, "evaluation/confusion.png")).verify()
+    Image.open(c.download_artifacts(run.info.run_id, "evaluation/per_class.png")).verify()
+    assert pl.read_csv(c.download_artifacts(run.info.run_id, "evaluation/per_class.csv")).height == 12
+    # the parent holds the results table and the plots
+    table = Path(c.download_artifacts(parent.info.run_id, "results/full-benchmark_table.md")).read_text()
+    assert "dapl" in table and "real->art" in table
+    Image.open(c.download_artifacts(parent.info.run_id, "plots/benchmark.png")).verify()
+    assert pl.read_csv(c.download_artifacts(parent.info.run_id, "results/full-benchmark_table.csv")).height == 3
+
+
+def test_second_call_comes_from_cache(env, benchmark):
+    again = _run(env, "full-benchmark", pairs=["real->art"])
+    assert again["runs"] == 3 and again["cached"] == 3
+    assert again["table"] == benchmark["table"]
+
+
+def test_deleted_run_folder_is_trained_again(env, benchmark):
+    import shutil
+
+    out = Path(benchmark["runs_dir"]) / "real_art" / "dapl" / "seed1"
+    shutil.rmtree(out)
+    again = _run(env, "full-benchmark", pairs=["real->art"])
+    assert again["cached"] == 2 and (out / "metrics.json").is_file() and (out / "prompts.safetensors").is_file()
+
+
+def test_ablations_parent_plots(env, benchmark):
+    from mlflow import MlflowClient
+
+    res = _run(env, "ablations", m1m2=["2x4"], taus=[0.3])
+    c = MlflowClient(env["uri"])
+    names = {r.info.run_name for r in _children(c, res)}
+    assert len(names) == 7 and "real->art setting:class_specific_domain seed1" in names
+    arts = {a.path for a in c.list_artifacts(res["parent_run_id"], "plots")}
+    assert arts == {"plots/accuracy_vs_tau.png", "plots/m1m2_heatmap.png", "plots/prompt_settings.png"}
+
+
+def test_unreachable_mlflow_fails_before_training(env):
+    from tasks.tracking import TrackingUnavailable
+
+    t0 = time.perf_counter()
+    with pytest.raises(TrackingUnavailable, match="not reachable"):
+        _run(env, "full-benchmark", pairs=["art->real"], tracking_uri="http://127.0.0.1:9")
+    assert time.perf_counter() - t0 < 30
+    assert not any((env["wd"] / "runs" / "full-benchmark").glob("*/art_real"))
