@@ -68,7 +68,11 @@ def cmd_data_list(a: argparse.Namespace) -> int:
 def cmd_features(a: argparse.Namespace) -> int:
     from dapl.run import extract_features
 
-    _print_json(extract_features(_config(a)))
+    res = extract_features(_config(a))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+    _print_json(res)
     return 0
 
 
@@ -203,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=hlp)
         _add_config_args(s)
         s.set_defaults(fn=fn)
-        if name in ("zero-shot", "evaluate"):
+        if name in ("zero-shot", "evaluate", "features"):
             s.add_argument("--out", help="write the full result JSON here")
         if name == "evaluate":
             s.add_argument("--prompts", required=True, help="a run folder written by `dapl train`")
