@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from dapl.datasets.registry import OFFICE31_CLASSES, OFFICE_HOME_CLASSES, VISDA_CLASSES
-from dapl.prompts import display_name
+from dapl.datasets.registry import OFFICE31_CLASSES, OFFICE_HOME_CLASSES, VISDA_CLASSES, display_name
 
 GIB = 1024**3
 

@@ -16,11 +16,6 @@ from dapl.text_encoder import TextEncoder
 PLACEHOLDER = "X"
 
 
-def display_name(folder: str) -> str:
-    """Class/folder name -> text (the released code's convention: lower case, ``_`` -> space)."""
-    return folder.replace("_", " ").strip().lower()
-
-
 def prompt_text(cfg: PromptConfig, classname: str, domain: str) -> str:
     """The tokenised text behind a prompt; the ``X`` placeholders are replaced by learned vectors."""
     ctx = " ".join([PLACEHOLDER] * (cfg.m1 + cfg.m2))
