@@ -10,6 +10,15 @@ descendants() {  # all descendant pids of $1, children before grandchildren
   for k in $kids; do echo "$k"; descendants "$k"; done
 }
 
+group_gone() {  # PGID [SECONDS]: true once no live process (zombies awaiting their reaper don't count) is in the group
+  local i=0
+  while [ $i -lt $((${2:-10} * 5)) ]; do
+    ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found=1} END {exit !found}' || return 0
+    sleep 0.2; i=$((i + 1))
+  done
+  return 1
+}
+
 is_running() {  # NAME: its recorded leader or any process of its group is alive
   local f="$RUN_DIR/$1.pid"
   [ -f "$f" ] || return 1

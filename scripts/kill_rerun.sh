@@ -58,14 +58,13 @@ sys.exit("timed out waiting for a training to kill")
 PY
 ) || { tail -30 "$W/first.log"; kill -KILL -- "-$pid" 2>/dev/null; exit 1; }
 read -r killed_pair killed_epoch <<<"$state"
-sleep 1
-if kill -0 -- "-$pid" 2>/dev/null; then echo "FAIL: processes of the killed flow survive" >&2; exit 1; fi
+if ! group_gone "$pid" 20; then echo "FAIL: processes of the killed flow survive" >&2; exit 1; fi
 echo "killed the flow (process group $pid) while $killed_pair dapl was at epoch $killed_epoch; no process left"
 
 echo "== second run (same parameters)"
 pid2=$(run_flow second)
 while kill -0 "$pid2" 2>/dev/null; do sleep 1; done  # (not our child: started in a command substitution)
-kill -0 -- "-$pid2" 2>/dev/null && { echo "FAIL: processes of the second run survive" >&2; exit 1; }
+group_gone "$pid2" 20 || { echo "FAIL: processes of the second run survive" >&2; exit 1; }
 grep -q "Finished in state Completed" "$W/second.log" || { tail -40 "$W/second.log"; exit 1; }
 grep "resuming from the epoch" "$W/second.log" | sed 's/^.*Task run/  Task run/'
 grep -c "Cached(type=COMPLETED)" "$W/second.log" | sed 's/^/  tasks from cache: /'
