@@ -16,6 +16,8 @@ class ImageSet:
 
     ``labels`` holds class indices (``-1`` where unknown); target labels are only ever used for reporting.
     ``domains`` holds indices into the run's domain list (source domains first, then target domains).
+    ``digests`` holds each file's content hash where known (a manifest's sha256), so that caches keyed on the
+    set see a file rewritten in place (a regenerated toy world keeps every path).
     """
 
     paths: tuple[str, ...]
@@ -23,11 +25,14 @@ class ImageSet:
     domains: np.ndarray
     root: str = ""
     meta: dict = field(default_factory=dict, compare=False)
+    digests: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.paths)
         if len(self.labels) != n or len(self.domains) != n:
             raise ValueError(f"ImageSet: {n} paths but {len(self.labels)} labels and {len(self.domains)} domains")
+        if self.digests and len(self.digests) != n:
+            raise ValueError(f"ImageSet: {n} paths but {len(self.digests)} digests")
 
     @classmethod
     def build(
@@ -54,17 +59,30 @@ class ImageSet:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
     def fingerprint(self) -> str:
-        """Identity of the list (paths and order), used in feature-cache keys."""
+        """Identity of the list and of its files' contents, used in feature-cache keys: paths and order, plus
+        each file's digest, or its size and mtime where no digest is known (a file rewritten under the same path
+        must not be served stale features)."""
         h = hashlib.sha256()
         h.update(str(Path(self.root).resolve() if self.root else "").encode())
-        for p in self.paths:
+        for i, p in enumerate(self.paths):
             h.update(p.encode())
+            h.update(b"\0")
+            if self.digests:
+                h.update(self.digests[i].encode())
+            else:
+                try:
+                    st = self.resolve(i).stat()
+                    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    h.update(b"missing")
             h.update(b"\0")
         return h.hexdigest()[:16]
 
     def subset(self, idx: np.ndarray | Sequence[int]) -> ImageSet:
         idx = np.asarray(idx, dtype=np.int64)
-        return ImageSet(tuple(self.paths[i] for i in idx), self.labels[idx], self.domains[idx], self.root)
+        digests = tuple(self.digests[i] for i in idx) if self.digests else ()
+        return ImageSet(tuple(self.paths[i] for i in idx), self.labels[idx], self.domains[idx], self.root,
+                        digests=digests)
 
     @staticmethod
     def concat(sets: Sequence[ImageSet]) -> ImageSet:
@@ -80,4 +98,5 @@ class ImageSet:
             np.concatenate([s.labels for s in sets]) if sets else np.zeros(0, np.int64),
             np.concatenate([s.domains for s in sets]) if sets else np.zeros(0, np.int64),
             root,
+            digests=tuple(d for s in sets for d in s.digests) if sets and all(s.digests for s in sets) else (),
         )

@@ -9,6 +9,8 @@ bit-equal to an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import os
 from collections.abc import Callable
@@ -150,6 +152,7 @@ class Trainer:
         self.dev = bundle.device
         self.scale = bundle.logit_scale.to(self.dev)
         self.out = Path(cfg.output_dir)
+        self._identity: str | None = None
         fc = cfg.features
         self.cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
 
@@ -316,11 +319,21 @@ class Trainer:
                              "context": copy.deepcopy(learner.context_tensors())}
 
     # checkpoints ----------------------------------------------------------------------------------------
+    def _run_identity(self) -> str:
+        """What a checkpoint may be resumed into: the configuration, plus the weights' identity and the images'
+        fingerprints (the same config path can point at a retrained checkpoint or a regenerated dataset)."""
+        if self._identity is None:
+            t = self.task
+            parts = [self.cfg.digest(*TRAIN_SECTIONS), self.bundle.identity, t.source.fingerprint(),
+                     t.target.fingerprint(), t.target_test.fingerprint() if t.target_test is not None else ""]
+            self._identity = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+        return self._identity
+
     def _checkpoint(self, epoch: int, learner, opt, sched, history, state) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CHECKPOINT
         tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
-        torch.save({"epoch": epoch, "digest": self.cfg.digest(*TRAIN_SECTIONS),
+        torch.save({"epoch": epoch, "digest": self._run_identity(),
                     "context": learner.context_tensors(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "history": history, "best": state["best"]}, tmp)
         os.replace(tmp, path)
@@ -330,11 +343,11 @@ class Trainer:
         if not path.exists():
             return 0
         ck = torch.load(path, map_location="cpu", weights_only=False)
-        if ck.get("digest") != self.cfg.digest(*TRAIN_SECTIONS):
+        if ck.get("digest") != self._run_identity():
             if not resume:
                 return 0
-            raise RuntimeError(f"{path} was written by a different configuration; use another output_dir, "
-                               f"or delete the checkpoint to start over")
+            raise RuntimeError(f"{path} was written by a different run (configuration, model weights or image "
+                               f"files differ); use another output_dir, or delete the checkpoint to start over")
         if not resume:
             return 0
         learner.load_context(ck["context"])

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The DVC reproducibility check (CI, on a fresh clone): generate data/ byte-identically to data.dvc, run the
-# whole pipeline offline with `dvc repro`, assert data.dvc is unchanged, then assert a second `dvc repro` runs
-# no stage at all.
+# The DVC reproducibility check (CI, on a fresh clone): generate data/ byte-identically to data.dvc, check that
+# the committed toy CLIP is what its stage's code produces (dvc.lock), run the whole pipeline offline with
+# `dvc repro` (the pretraining stage is then skipped), assert data.dvc is unchanged, then assert a second
+# `dvc repro` runs no stage at all.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -11,6 +12,14 @@ t0=$(date +%s)
 if [ ! -d data/toy ]; then
   echo "== generating the toy world into data/toy (the bytes data.dvc records)"
   dapl data fetch toy --root data/toy
+fi
+echo "== the shipped toy CLIP matches the code that makes it (dvc.lock entry of toy_pretrain)"
+st=$(dvc status toy_pretrain --json)
+if [ "$st" != "{}" ]; then
+  echo "$st"
+  echo "FAIL: dapl/assets/toy-clip.pt or the toy pretraining code changed since dvc.lock was written: run" \
+       "\`dvc repro toy_pretrain\` (about 10 min on 2 cores) and commit the checkpoint, its .json and dvc.lock" >&2
+  exit 1
 fi
 echo "== dvc repro"
 dvc repro

@@ -73,3 +73,25 @@ def test_key_depends_on_model_transform_and_images(tmp_path, setup, tiny_config_
     assert k(bundle, images, "a") != k(bundle, images, "b")
     assert k(bundle, images, "a") != k(bundle, images.subset([0, 1]), "a")
     assert k(bundle, images, "a", "float16") != k(bundle, images, "a", "float32")
+
+
+def test_key_sees_a_file_rewritten_under_the_same_path(tmp_path):
+    """A regenerated dataset keeps every path: the key must still change (digests, else size + mtime)."""
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / f"{i}.png")
+    paths = [f"{i}.png" for i in range(3)]
+    plain = ImageSet.build(paths, None, 0, tmp_path)
+    before = plain.fingerprint()
+    assert plain.fingerprint() == before
+    Image.new("RGB", (9, 9), (200, 0, 0)).save(tmp_path / "1.png")
+    assert plain.fingerprint() != before
+
+    hashed = ImageSet(plain.paths, plain.labels, plain.domains, plain.root, digests=("a", "b", "c"))
+    changed = ImageSet(plain.paths, plain.labels, plain.domains, plain.root, digests=("a", "x", "c"))
+    assert hashed.fingerprint() != changed.fingerprint()
+    assert hashed.subset([0, 2]).fingerprint() == changed.subset([0, 2]).fingerprint()
+    assert ImageSet.concat([hashed.subset([0]), hashed.subset([1, 2])]).fingerprint() == hashed.fingerprint()
+    with pytest.raises(ValueError, match="digests"):
+        ImageSet(plain.paths, plain.labels, plain.domains, plain.root, digests=("a",))

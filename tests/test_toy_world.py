@@ -1,4 +1,4 @@
-"""The toy world: byte-determinism, layout, class balance, and a pretraining stream apart from the benchmark."""
+"""The toy world: byte-determinism, layout, class balance, a pretraining stream apart from the benchmark."""
 
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ from dapl.toy.world import (
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")

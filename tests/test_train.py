@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -176,8 +177,14 @@ def test_checkpoint_from_other_config_is_refused(tmp_path, blob_world, vit):
     cfg = make_cfg(tmp_path, vit)
     bundle = load_clip(cfg.model)
     train(cfg, bundle, task, progress=False)
-    with pytest.raises(RuntimeError, match="different configuration"):
+    with pytest.raises(RuntimeError, match="different run"):
         train(cfg.with_overrides({"train.lr": 0.5}), bundle, task, progress=False)
+    # same configuration, but the target files were rewritten under the same paths (a regenerated world)
+    rewritten = dataclasses.replace(task, target=dataclasses.replace(
+        task.target, digests=tuple(f"new{i}" for i in range(len(task.target)))))
+    with pytest.raises(RuntimeError, match="image files differ"):
+        train(cfg, bundle, rewritten, progress=False)
+    train(cfg, bundle, task, progress=False)  # the original run still resumes (here: is already complete)
 
 
 def test_label_free_selection_and_oracle(tmp_path, blob_world, vit):

@@ -159,4 +159,5 @@ class Manifest:
         return ImageSet(tuple(sel["path"].to_list()), sel["class_idx"].to_numpy().astype(np.int64),
                         sel["_d"].to_numpy().astype(np.int64), str(self.root),
                         meta={"dataset": self.dataset, "domains": order, "split": split,
-                              "classes": list(self.classes)})
+                              "classes": list(self.classes)},
+                        digests=tuple(sel["sha256"].to_list()) if sel["sha256"].null_count() == 0 else ())

@@ -1,4 +1,5 @@
-"""The embedded default: a procedural multi-domain world (``world``) and a tiny CLIP pretrained on it (``pretrain``).
+"""The embedded default: a procedural multi-domain world (``world``) and a tiny CLIP pretrained on it
+(``pretrain``).
 
 Importing this package stays light (no torch) so the world generator's worker processes start fast; the
 pretraining and evaluation helpers are imported from their modules.

@@ -1,7 +1,9 @@
 """Vector geometry of the toy classes.
 
-Each class is a function ``rng -> list[Part]`` in an object frame of roughly [-1, 1]² (y points down), with
-per-instance proportions drawn from ``rng`` so that instances of a class differ in shape, not only in pose.
+Each class has two depictions (its usual one and another convention: a digital alarm clock, a teacup for
+"mug", sunglasses for "glasses" ...), each a function ``rng -> list[Part]`` in an object frame of roughly
+[-1, 1]² (y points down), with per-instance proportions drawn from ``rng`` so that instances of a class differ
+in shape, not only in pose.
 The domain styles (``world.py``) decide colours, outlines, shading and texture; the geometry is shared, so a
 class looks like the same object in every domain, as in Office-Home.
 """
@@ -16,7 +18,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Part:
-    """One drawable piece: a filled polygon (``width == 0``) or a stroked polyline of ``width`` (object units).
+    """One drawable piece: a filled polygon (``width == 0``) or a polyline ``width`` wide (object units).
 
     ``role`` names the colour slot ("main", "second", "dark", "light", "accent", "green") a style fills in.
     """
@@ -152,7 +154,7 @@ def hammer(rng: np.random.Generator) -> list[Part]:
     hl = _u(rng, 0.45, 0.65)
     hw = _u(rng, 0.1, 0.15)
     return [
-        Part(_rect(-hw / 2 - 0.02, -0.6, hw / 2 + 0.02, 0.95), "second"),
+        Part(_rect(-hw / 2 - 0.02, -0.6, hw / 2 + 0.02, 0.95), "main"),
         Part(_rect(-hw / 2 - 0.03, 0.45, hw / 2 + 0.03, 0.95), "dark"),
         Part(_pts((-hl, -0.85), (0.2, -0.85), (hl, -0.95), (hl, -0.78), (0.25, -0.6), (-hl, -0.6)), "dark"),
     ]

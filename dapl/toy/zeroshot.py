@@ -158,8 +158,11 @@ def format_report(report: dict) -> str:
         parts = [f"{dom:8s}"]
         for k, s in row.items():
             if isinstance(s, dict):
-                cov = " ".join(f"cov{t.split('@')[1]} {s[t]:.2f}/acc {s['acc@' + t.split('@')[1]]:.2f}"
-                               for t in s if t.startswith("coverage@"))
+                cov = " ".join(
+                    f"cov{t.split('@')[1]} {s[t]:.2f}/acc {s['acc@' + t.split('@')[1]]:.2f}"
+                    for t in s
+                    if t.startswith("coverage@")
+                )
                 parts.append(f"{k} {s['acc']:.3f} ({cov})")
             else:
                 parts.append(f"{k} {s:.3f}")
