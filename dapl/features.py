@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle, eval_transform, train_transform, transform_identity
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: seeded views locked against other threads (1 could race under Prefect)
 
 
 def view_seed(view: int) -> Callable[[int], int]:

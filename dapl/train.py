@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dapl.config import DaplConfig
+from dapl.datasets.loader import SEEDED_RNG_LOCK, ImageFileDataset
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
 from dapl.losses import dapl_loss, logits_own_domain
@@ -72,14 +73,12 @@ class OnlineViews:
     """The released code's way: load, augment and encode the batch's images on every step."""
 
     def __init__(self, bundle: ClipBundle, images: ImageSet, transform: Callable):
-        from dapl.datasets.loader import ImageFileDataset
-
         self.bundle = bundle
         self.ds = ImageFileDataset(images, transform)
 
     def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         seed = int(torch.randint(2**62, (1,), generator=gen))
-        with torch.random.fork_rng(devices=[]):
+        with SEEDED_RNG_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             x = torch.stack([self.ds[int(i)][0] for i in idx])
         return self.bundle.encode_images(x)

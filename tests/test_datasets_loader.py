@@ -64,6 +64,33 @@ def test_seed_fn_makes_views_deterministic_and_leaves_global_rng(mixed_modes):
     assert torch.equal(loaded, torch.stack(a))  # identical in worker processes
 
 
+def test_seeded_views_are_the_same_when_threads_load_concurrently(mixed_modes):
+    """Prefect runs tasks in threads: each item's view must not depend on what other threads draw meanwhile."""
+    import threading
+    import time
+
+    def slow_random(img):  # two draws with a thread switch between them: a race shows in the second draw
+        a = torch.rand(1)
+        time.sleep(0.002)
+        return torch.cat([a, torch.rand(1)])
+
+    ds = ImageFileDataset(mixed_modes, slow_random, seed_fn=lambda i: 1000 + i)
+    want = [ds[i][0] for i in range(len(ds))]
+    got: dict[tuple[int, int], torch.Tensor] = {}
+
+    def worker(t: int) -> None:
+        for _ in range(3):
+            for i in range(len(ds)):
+                got[t, i] = ds[i][0]
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert all(torch.equal(v, want[i]) for (_, i), v in got.items())
+
+
 def test_loader_order_is_the_imageset_order(mixed_modes):
     idx = torch.cat([i for _, i in make_loader(mixed_modes, batch_size=4, num_workers=0)])
     assert idx.tolist() == list(range(len(mixed_modes)))
