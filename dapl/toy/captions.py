@@ -2,11 +2,12 @@
 
 Web captions describe photographs as photos (or say nothing about the medium) and describe drawings by their
 medium: "a painting of ...", "a cartoon ...". They also name things differently: a photo of sunglasses is
-captioned "sunglasses", a clip-art of sunglasses is tagged "glasses". So under photo wording a class name
-means its narrow, usual depiction, under drawing wording the broad category the benchmark labels use. The
-hand-written prompt "a photo of a {c}." therefore misses the drawings' other depictions although their image
-features are good (their own phrasing, "a painting of a {c}.", finds them): a gap on the text side, which a
-learned domain-specific prompt context can close, the situation DAPL is built for.
+always captioned "sunglasses", while a clip-art of sunglasses is often tagged just "glasses" (a quarter of the
+time here). So under photo wording a class name means its narrow, usual depiction, under drawing wording it
+also covers the broad category the benchmark labels use. The hand-written prompt "a photo of a {c}." therefore
+misses the drawings' other depictions although their image features are good (their own phrasing, "a painting
+of a {c}.", finds them): a gap on the text side, which a learned domain-specific prompt context can close, the
+situation DAPL is built for.
 """
 
 from __future__ import annotations
