@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,11 @@ class ImageSet:
     def fingerprint(self) -> str:
         """Identity of the list and of its files' contents, used in feature-cache keys: paths and order, plus
         each file's digest, or its size and mtime where no digest is known (a file rewritten under the same path
-        must not be served stale features)."""
+        must not be served stale features). Computed once per set: a run asks for it several times."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
         h = hashlib.sha256()
         h.update(str(Path(self.root).resolve() if self.root else "").encode())
         for i, p in enumerate(self.paths):

@@ -151,7 +151,6 @@ class Trainer:
         self.dev = bundle.device
         self.scale = bundle.logit_scale.to(self.dev)
         self.out = Path(cfg.output_dir)
-        self._identity: str | None = None
         fc = cfg.features
         self.cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
 
@@ -321,12 +320,10 @@ class Trainer:
     def _run_identity(self) -> str:
         """What a checkpoint may be resumed into: the configuration, plus the weights' identity and the images'
         fingerprints (the same config path can point at a retrained checkpoint or a regenerated dataset)."""
-        if self._identity is None:
-            t = self.task
-            parts = [self.cfg.digest(*TRAIN_SECTIONS), self.bundle.identity, t.source.fingerprint(),
-                     t.target.fingerprint(), t.target_test.fingerprint() if t.target_test is not None else ""]
-            self._identity = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-        return self._identity
+        t = self.task
+        parts = [self.cfg.digest(*TRAIN_SECTIONS), self.bundle.identity, t.source.fingerprint(),
+                 t.target.fingerprint(), t.target_test.fingerprint() if t.target_test is not None else ""]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
     def _checkpoint(self, epoch: int, learner, opt, sched, history, state) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
