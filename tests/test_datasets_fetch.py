@@ -185,10 +185,10 @@ def test_fetch_downloads_extracts_and_indexes(tmp_path, server, online, monkeypa
                          sha256=hashlib.sha256(tars[s]).hexdigest(), provides=(s,)) for s in tars)
     monkeypatch.setitem(REGISTRY, "visda2017", replace(spec, resources=res))
     root, dl = tmp_path / "data" / "visda2017", tmp_path / "dl"
-    fetch_dataset("visda2017", root, download_dir=dl, progress=False)
+    fetch_dataset("visda2017", root, download_dir=dl, progress=False, check_counts=False)
     assert (dl / "train.tar").is_file() and (root / "validation" / "image_list.txt").is_file()
-    m = index_dataset("visda2017", root, progress=False)
+    m = index_dataset("visda2017", root, progress=False, check_counts=False)
     assert m.n_ok == 4 and set(m.ok["class_idx"]) == {0, 11}
     n = len(files.ranges)
-    fetch_dataset("visda2017", root, download_dir=dl, progress=False)  # complete: nothing downloaded
+    fetch_dataset("visda2017", root, download_dir=dl, progress=False, check_counts=False)  # stamped: no download
     assert len(files.ranges) == n

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dapl.errors import UserError
 
-class DatasetError(Exception):
-    """Base class of every error raised by :mod:`dapl.datasets`."""
+
+class DatasetError(UserError):
+    """Base class of every error raised by :mod:`dapl.datasets` (a user error: the CLI exits 2)."""
 
 
 class DatasetUnavailable(DatasetError):
@@ -15,7 +17,7 @@ class DatasetUnavailable(DatasetError):
 
 
 class UnsafeArchiveError(DatasetError):
-    """An archive member would land outside the destination (absolute path, ``..``, link pointing out)."""
+    """An archive member would land outside the destination, or is a link, device or fifo."""
 
 
 class ChecksumError(DatasetError):
@@ -24,3 +26,18 @@ class ChecksumError(DatasetError):
 
 class DatasetLayoutError(DatasetError):
     """The files on disk do not have the layout the dataset needs (e.g. a split file is missing)."""
+
+
+class IncompleteDatasetError(DatasetLayoutError):
+    """Fewer images than the registry expects for a domain (a cut-short archive or download)."""
+
+
+class UnusableDatasetError(DatasetError):
+    """A stage's source or target domain has no usable image, or a class has no source image."""
+
+
+class UnknownDatasetError(DatasetError, KeyError):
+    """A dataset name that is not in the registry (also a ``KeyError`` for older callers)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

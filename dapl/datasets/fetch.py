@@ -16,6 +16,7 @@ import hashlib
 import os
 import shutil
 import socket
+import stat
 import threading
 import urllib.error
 import urllib.parse
@@ -25,9 +26,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dapl.datasets.archive import _merge, safe_extract
+from dapl.datasets.archive import _merge, _remove, safe_extract
+from dapl.datasets.complete import check_counts as check_counts_on
+from dapl.datasets.complete import count_images, image_counts, is_stamped, write_stamp
 from dapl.datasets.errors import ChecksumError, DatasetError, DatasetLayoutError, DatasetUnavailable
-from dapl.datasets.registry import DatasetSpec, Resource, get_spec
+from dapl.datasets.registry import DatasetSpec, Resource, get_spec, ignored_name
 
 OFFLINE_ENV = ("DAPL_OFFLINE", "HF_HUB_OFFLINE")
 PROBE_ENV = "DAPL_NET_PROBE"  # "host:port" to probe instead of the download host (tests use a closed port)
@@ -162,7 +165,7 @@ def normalise_layout(spec: DatasetSpec, root: Path | str) -> None:
             if not target.exists() and (root / alias).is_dir():
                 (root / alias).rename(target)
         images = target / "images"
-        if images.is_dir() and [p.name for p in target.iterdir() if not p.name.startswith(".")] == ["images"]:
+        if images.is_dir() and [p.name for p in target.iterdir() if not ignored_name(p.name)] == ["images"]:
             _merge(images, target)
             images.rmdir()
 
@@ -170,7 +173,7 @@ def normalise_layout(spec: DatasetSpec, root: Path | str) -> None:
 def _hoist(root: Path, expected: set[str], depth: int) -> None:
     """Move the contents of any non-dataset folder that (deeper down) holds dataset folders up to ``root``."""
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
-        if child.name in expected or child.name.startswith("."):
+        if child.name in expected or ignored_name(child.name):
             continue
         holder = _find_holder(child, expected, depth)
         if holder is not None:
@@ -209,8 +212,33 @@ def _provided(spec: DatasetSpec, root: Path, r: Resource) -> bool:
 
 
 def is_complete(spec: DatasetSpec, root: Path | str) -> bool:
-    """Whether every resource of ``spec`` is in place under ``root``."""
-    return all(_provided(spec, Path(root), r) for r in spec.resources)
+    """Whether a fetch of ``spec`` into ``root`` finished with every check passed (its stamp is there)."""
+    return is_stamped(spec, root)
+
+
+# -- user paths -------------------------------------------------------------------------------------------
+def check_folder_arg(path: Path | str, flag: str = "--root") -> None:
+    """A folder argument must be a folder or not exist yet, under a parent that is a folder."""
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise DatasetError(f"{flag} {path}: is a file, not a folder; pass a folder (it is created if missing)")
+    _parents_are_folders(path, flag)
+
+
+def check_output_path(path: Path | str, flag: str = "--out") -> None:
+    """An output file argument must not be a folder, and its nearest existing parent must be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{flag} {path}: is a folder; pass a file path")
+    _parents_are_folders(path, flag)
+
+
+def _parents_are_folders(path: Path, flag: str) -> None:
+    for anc in path.absolute().parents:
+        if os.path.lexists(anc):
+            if not anc.is_dir():
+                raise DatasetError(f"{flag} {path}: {anc} is a file, not a folder; choose another path")
+            return
 
 
 # -- installing local files ---------------------------------------------------------------------------
@@ -218,32 +246,63 @@ def _is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # no extra disk for a folder the user already extracted elsewhere
-    except OSError:
-        shutil.copy2(src, dst)
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy folder ``src`` into ``dst`` without following links: files are hard-linked where possible.
+
+    A link inside ``src`` (a loop included) or a special file is an error naming it; the caller copies into a
+    staging folder, so an error leaves nothing partial.
+    """
+    src_real = os.path.realpath(src)  # the folder the user named (its own path may be a link they made)
+    for dirpath, dirnames, filenames in os.walk(src_real):
+        rel = os.path.relpath(dirpath, src_real)
+        out = dst if rel == "." else dst / rel
+        out.mkdir(parents=True, exist_ok=True)
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            mode = os.lstat(p).st_mode
+            shown = Path(src) / os.path.relpath(p, src_real)
+            if stat.S_ISLNK(mode):
+                target = os.readlink(p)
+                up = os.path.realpath(p)
+                loop = " (a loop: it points back to one of its own parent folders)" if (
+                    up == src_real or dirpath == up or dirpath.startswith(up + os.sep)) else ""
+                raise DatasetError(f"{shown}: is a symbolic link to {target!r}{loop}; --source folders are copied "
+                                   "without following links: replace it with the real file or folder, or remove "
+                                   "it (nothing was copied)")
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise DatasetError(f"{shown}: is not a regular file (a device, fifo or socket); remove it from the "
+                                   "folder (nothing was copied)")
+            try:
+                os.link(p, out / name, follow_symlinks=False)  # no extra disk for a folder extracted elsewhere
+            except OSError:
+                shutil.copy2(p, out / name, follow_symlinks=False)
+        dirnames.sort()
 
 
-def install(spec: DatasetSpec, root: Path, source: Path, *, progress: bool = True) -> None:
-    """Put a local archive, plain file (split list) or extracted folder into ``root``."""
+def install(spec: DatasetSpec, root: Path, source: Path, *, progress: bool = True,
+            final_root: Path | None = None) -> None:
+    """Put a local archive, plain file (split list) or extracted folder into ``root`` (a staging folder)."""
     source = Path(source)
+    final = final_root if final_root is not None else root
     if not source.exists():
-        raise DatasetError(f"{source}: no such file or folder")
+        raise DatasetError(f"--source {source}: no such file or folder; check the path")
     if source.is_dir():
-        if source.resolve() == root.resolve() or root.resolve() in source.resolve().parents:
-            return
+        src, dest = source.resolve(), final.resolve()
+        if src == dest or dest in src.parents:
+            return  # already inside the dataset folder
+        if src in dest.parents:
+            raise DatasetError(f"--source {source}: contains the dataset folder {final}; pass the dataset's own "
+                               "folders or an archive instead")
         expected = _expected_names(spec)
-        dst = root / source.name if source.name in expected else root
-        shutil.copytree(source, dst, copy_function=_link_or_copy, dirs_exist_ok=True, symlinks=False)
+        copy_tree(source, root / source.name if source.name in expected else root)
     elif _is_archive(source):
         safe_extract(source, root, progress=progress)
     else:
-        root.mkdir(parents=True, exist_ok=True)
         target = root / _file_target(spec, source.name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source.resolve() != target.resolve():
-            shutil.copy2(source, target)
+        shutil.copy2(source, target)
 
 
 def _file_target(spec: DatasetSpec, name: str) -> str:
@@ -264,37 +323,142 @@ def _find_local(r: Resource, places: Sequence[Path]) -> Path | None:
     return None
 
 
+# -- the `folder` layout: one wrapper folder is hoisted ------------------------------------------------------
+def _visible(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if not ignored_name(p.name))
+
+
+def wrapper_folder(root: Path) -> Path | None:
+    """The single folder of ``root`` if it wraps the real tree (``root/W/<domain>/<class>/<image>``).
+
+    It does when ``root`` holds nothing else visible but that folder, and every folder in it holds only
+    folders (class folders, not images): a one-domain tree would have images there.
+    """
+    kids = _visible(root) if root.is_dir() else []
+    if len(kids) != 1 or not kids[0].is_dir() or kids[0].is_symlink():
+        return None
+    inner = [p for p in _visible(kids[0])]
+    doms = [p for p in inner if p.is_dir() and not p.is_symlink()]
+    if not doms or len(doms) != len(inner):
+        return None
+    for d in doms:
+        sub = _visible(d)
+        if not sub or not all(p.is_dir() for p in sub):
+            return None
+    return kids[0]
+
+
+def hoist_wrapper(root: Path) -> None:
+    """Hoist wrapper folders (see :func:`wrapper_folder`), at most three levels, as DATASETS.md documents."""
+    for _ in range(3):
+        w = wrapper_folder(root)
+        if w is None:
+            return
+        tmp = root / f".hoist-{w.name}.tmp"
+        os.replace(w, tmp)
+        _merge(tmp, root)
+        shutil.rmtree(tmp)
+
+
+def _undo(created: Sequence[Path]) -> None:
+    for p in reversed(created):
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                p.unlink()
+        except OSError:
+            pass
+
+
 # -- the entry point ----------------------------------------------------------------------------------
+STAGING = ".dapl-fetch.tmp"
+
+
 def fetch_dataset(name: str, root: Path | str, *, sources: Sequence[Path | str] = (),
                   download_dir: Path | str | None = None, seed: int = 0, force: bool = False,
-                  probe: tuple[str, int] | None = None, progress: bool = True) -> Path:
+                  probe: tuple[str, int] | None = None, progress: bool = True, check_counts: bool = True) -> Path:
     """Make ``root`` hold dataset ``name``; return ``root``.
 
-    ``sources``: archives, split files or already-extracted folders the user has (any order). ``seed`` and
-    ``force`` only concern the generated ``toy`` world. Raises :class:`DatasetUnavailable` (within ~3 s
-    when offline, at once for click-through sources) with instructions when files are missing.
+    ``sources``: archives, split files or already-extracted folders the user has (any order). Everything new
+    goes to a staging folder inside ``root`` first, merged into ``root`` only when the needed files are all
+    there; the image counts are then checked (``check_counts=False``: a deliberate subset) and the completion
+    stamp written last. A failed fetch undoes its merge and removes its staging folder, so a rerun starts
+    clean; a stamped dataset is "in place" and left alone unless ``force``. ``seed`` and ``force`` also drive
+    the generated ``toy`` world, which writes no stamp (its bytes are versioned by ``data.dvc``).
+    Raises :class:`DatasetUnavailable` (within ~3 s when offline, at once for click-through sources) with
+    instructions when files are missing.
     """
     spec = get_spec(name)
     root = Path(root)
+    check_folder_arg(root, "--root")
     if spec.layout == "toy":
         return generate_toy(root, seed=seed, force=force)
-    for s in sources:
-        install(spec, root, Path(s), progress=progress)
-    if spec.name == "folder":
-        if not root.is_dir() or not any(p.is_dir() for p in root.iterdir()):
-            raise DatasetUnavailable(f"no images at {root}: put them as {root}/<domain>/<class>/<image> "
-                                     "(or pass the folder or an archive of it as a source)")
+    if is_stamped(spec, root) and not force:
         return root
-    normalise_layout(spec, root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / STAGING
+    _remove(staging)  # left by an interrupted run: start clean
+    os.mkdir(staging)
+    try:
+        for s in sources:
+            install(spec, staging, Path(s), progress=progress, final_root=root)
+        if spec.name == "folder":
+            return _finish_folder(spec, root, staging)
+        _fetch_missing(spec, root, staging, download_dir, probe, progress)
+        created = _merge(staging, root)
+        try:
+            normalise_layout(spec, root)
+            if check_counts:
+                check_counts_on(spec, root)
+            write_stamp(spec, root, image_counts(spec, root))
+        except BaseException:
+            _undo(created)
+            raise
+        return root
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _finish_folder(spec: DatasetSpec, root: Path, staging: Path) -> Path:
+    hoist_wrapper(staging)
+    created = _merge(staging, root)
+    try:
+        w = wrapper_folder(root)
+        if w is not None:
+            raise DatasetLayoutError(wrapper_message(root, w, "fetch"))
+        doms = [p for p in _visible(root) if p.is_dir() and p.name != STAGING]
+        if not doms:
+            raise DatasetUnavailable(f"no images at {root}: put them as {root}/<domain>/<class>/<image> "
+                                     "(or pass the folder or an archive of it with --source)")
+        write_stamp(spec, root, {p.name: (count_images(p), None) for p in doms})
+    except BaseException:
+        _undo(created)
+        raise
+    return root
+
+
+def wrapper_message(root: Path, w: Path, what: str) -> str:
+    return (f"{root}: its only folder {w.name!r} holds the domain folders ({w.name}/<domain>/<class>/<image>); "
+            f"use --root {w} instead (or fetch the archive with --source, which hoists such a folder)")
+
+
+def _fetch_missing(spec: DatasetSpec, root: Path, staging: Path, download_dir: Path | str | None,
+                   probe: tuple[str, int] | None, progress: bool) -> None:
+    normalise_layout(spec, staging)
     dl_dir = Path(download_dir) if download_dir is not None else default_download_dir()
     places = [dl_dir, root, root.parent]
-    missing = [r for r in spec.resources if not _provided(spec, root, r)]
+
+    def have(r: Resource) -> bool:
+        return _provided(spec, root, r) or _provided(spec, staging, r)
+
+    missing = [r for r in spec.resources if not have(r)]
     for r in list(missing):
         local = _find_local(r, places)
         if local is not None:
             verify_file(local, size=r.size, sha256=r.sha256, label=r.filename)
-            install(spec, root, local, progress=progress)
-            normalise_layout(spec, root)
+            install(spec, staging, local, progress=progress, final_root=root)
+            normalise_layout(spec, staging)
             missing.remove(r)
     if missing:
         manual = [r for r in missing if r.manual or not r.url]
@@ -305,14 +469,13 @@ def fetch_dataset(name: str, root: Path | str, *, sources: Sequence[Path | str] 
         for r in missing:
             assert r.url is not None
             path = download(r.url, dl_dir / r.filename, size=r.size, sha256=r.sha256, progress=progress)
-            install(spec, root, path, progress=progress)
-            normalise_layout(spec, root)
-    still = [r.filename for r in spec.resources if not _provided(spec, root, r)]
+            install(spec, staging, path, progress=progress, final_root=root)
+            normalise_layout(spec, staging)
+    still = [r.filename for r in spec.resources if not have(r)]
     if still:
         raise DatasetLayoutError(f"{root}: after installing {', '.join(still)} the expected folders/files "
                                  f"{[p for r in spec.resources for p in r.provides]} are still missing; "
                                  "check that the archives are the official ones")
-    return root
 
 
 def instructions(spec: DatasetSpec, root: Path, missing: Sequence[Resource], dl_dir: Path, reason: str) -> str:

@@ -26,11 +26,13 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from dapl.datasets.complete import check_counts as check_counts_on
+from dapl.datasets.complete import describe, shortfalls
 from dapl.datasets.errors import DatasetLayoutError
-from dapl.datasets.fetch import sha256_file
+from dapl.datasets.fetch import sha256_file, wrapper_folder, wrapper_message
 from dapl.datasets.manifest import MANIFEST_SCHEMA, Manifest
 from dapl.datasets.problems import note as _note
-from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec
+from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec, ignored_name
 
 
 @dataclass
@@ -52,10 +54,12 @@ def _domain_dir(root: Path, d: DomainSpec) -> Path | None:
 
 
 def _walk_files(base: Path) -> Iterable[Path]:
+    """Files below ``base`` in sorted order; hidden and OS leftover names (``Thumbs.db``, ...) skipped."""
     for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not ignored_name(d))
         for f in sorted(filenames):
-            yield Path(dirpath) / f
+            if not ignored_name(f):
+                yield Path(dirpath) / f
 
 
 def _rel(root: Path, p: Path) -> str:
@@ -67,11 +71,11 @@ def _folder_items(root: Path, d: DomainSpec, split: str) -> list[_Item]:
     if ddir is None:
         return []
     base = ddir
-    kids = [p for p in ddir.iterdir() if not p.name.startswith(".")]
+    kids = [p for p in ddir.iterdir() if not ignored_name(p.name)]
     if [p.name for p in kids] == ["images"] and kids[0].is_dir():  # Office-31 before normalisation
         base = kids[0]
     items: list[_Item] = []
-    for entry in sorted(base.iterdir()):
+    for entry in sorted(p for p in base.iterdir() if not ignored_name(p.name)):
         if entry.is_dir():
             items += [_Item(_rel(root, f), d.key, entry.name, split) for f in _walk_files(entry)]
         elif entry.is_file():
@@ -175,6 +179,23 @@ def _assign_classes(spec: DatasetSpec, items: list[_Item]) -> tuple[tuple[str, .
     return folders, index
 
 
+def _check_collisions(root: Path, folders: tuple[str, ...], items: list[_Item]) -> None:
+    """Two class folders with one display name (``Dog``/``dog``, ``hot_dog``/``hot dog``) would be two classes
+    with the same prompt: an error naming both folders."""
+    where: dict[str, str] = {}
+    for it in items:
+        if it.class_folder is not None and it.class_folder not in where:
+            where[it.class_folder] = it.path.rsplit("/", 1)[0] if it.path.count("/") >= 2 else it.class_folder
+    seen: dict[str, str] = {}
+    for f in folders:
+        name = display_name(f)
+        if name in seen:
+            a, b = where.get(seen[name], seen[name]), where.get(f, f)
+            raise DatasetLayoutError(f"{root}: class folders {a!r} and {b!r} both become class {name!r} (case and "
+                                     "'_'/space are ignored in class names); rename or merge one of them")
+        seen[name] = f
+
+
 # -- verification --------------------------------------------------------------------------------------
 IN_MEMORY_BYTES = 64 << 20
 
@@ -226,26 +247,43 @@ def default_workers() -> int:
 
 
 def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | None = None, decode: bool = True,
-                  progress: bool = True) -> Manifest:
-    """Index and validate dataset ``name`` under ``root`` (see the module docstring); never drops a file."""
+                  progress: bool = True, check_counts: bool = True) -> Manifest:
+    """Index and validate dataset ``name`` under ``root`` (see the module docstring); never drops a file.
+
+    Raises :class:`~dapl.datasets.errors.IncompleteDatasetError` when a domain has fewer images than the
+    registry expects (``check_counts=False``: a deliberate subset, recorded as ``incomplete_domain``
+    warnings), and :class:`DatasetLayoutError` for a wrapped ``folder`` tree or class folders whose names
+    collide once normalised.
+    """
     spec = name if isinstance(name, DatasetSpec) else get_spec(name)
     root = Path(root)
+    if os.path.lexists(root) and not root.is_dir():
+        raise DatasetLayoutError(f"--root {root}: is a file, not a folder; pass the dataset's folder")
     if not root.is_dir():
         raise DatasetLayoutError(f"{root}: dataset folder not found; run `dapl data fetch {spec.name} --root "
                                  f"{root}` first (see docs/DATASETS.md)")
     root = root.absolute()
+    if spec.name == "folder" and (w := wrapper_folder(root)) is not None:
+        raise DatasetLayoutError(wrapper_message(root, w, "index"))
     spec = discover(spec, root)
     notes: list[dict] = []
+    if check_counts:
+        check_counts_on(spec, root, "index")
+    else:
+        for short in shortfalls(spec, root):
+            notes.append(_note("warning", "incomplete_domain", short[0], None, None,
+                               f"{describe(short)} (indexed with --allow-incomplete)"))
     if spec.layout in ("image_list", "split_files"):
         items = _listed_items(root, spec, notes)
     else:
         items = [it for d in spec.domains for it in _folder_items(root, d, "all")]
     known = {f for d in spec.domains for f in d.all_folders}
     for p in sorted(root.iterdir()):
-        if p.is_dir() and not p.name.startswith(".") and p.name not in known and spec.layout != "split_files":
+        if p.is_dir() and not ignored_name(p.name) and p.name not in known and spec.layout != "split_files":
             notes.append(_note("info", "unknown_folder", None, None, p.name,
                                f"folder is not a domain of {spec.name}; ignored"))
     folders, index = _assign_classes(spec, items)
+    _check_collisions(root, folders, items)
     todo = [i for i, it in enumerate(items) if it.problem is None]
     results: dict[int, dict] = {}
     with warnings.catch_warnings():

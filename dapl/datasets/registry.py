@@ -9,13 +9,26 @@ at index time (ordered by their label there) instead of being copied here.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from dapl.datasets.errors import UnknownDatasetError
+
 Layout = Literal["folders", "image_list", "split_files", "toy"]
 Metric = Literal["accuracy", "mean_per_class"]
+
+
+# Files and folders that operating systems and archivers leave behind: never images, never reported.
+JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+
+
+def ignored_name(name: str) -> bool:
+    """Hidden files/folders (``.name``) and OS/archiver leftovers (``Thumbs.db``, ``__MACOSX``, ...)."""
+    return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
 def display_name(folder: str) -> str:
@@ -32,6 +45,7 @@ class DomainSpec:
     folder: str
     aliases: tuple[str, ...] = ()
     split: str | None = None  # VisDA: a domain *is* a split (synthetic = train, real = validation)
+    images: int | None = None  # images in the official release; fetch and index fail when fewer are there
 
     @property
     def all_folders(self) -> tuple[str, ...]:
@@ -150,10 +164,10 @@ REGISTRY: dict[str, DatasetSpec] = {
         name="office_home",
         title="Office-Home",
         domains=(
-            DomainSpec("art", "Art"),
-            DomainSpec("clipart", "Clipart"),
-            DomainSpec("product", "Product"),
-            DomainSpec("real_world", "Real_World", aliases=("Real World", "RealWorld")),
+            DomainSpec("art", "Art", images=2427),
+            DomainSpec("clipart", "Clipart", images=4365),
+            DomainSpec("product", "Product", images=4439),
+            DomainSpec("real_world", "Real_World", aliases=("Real World", "RealWorld"), images=4357),
         ),
         class_folders=OFFICE_HOME_CLASSES,
         tau=0.6,
@@ -170,8 +184,8 @@ REGISTRY: dict[str, DatasetSpec] = {
     "visda2017": DatasetSpec(
         name="visda2017",
         title="VisDA-2017 (classification)",
-        domains=(DomainSpec("synthetic", "train", split="train"),
-                 DomainSpec("real", "validation", split="validation")),
+        domains=(DomainSpec("synthetic", "train", split="train", images=152_397),
+                 DomainSpec("real", "validation", split="validation", images=55_388)),
         class_folders=VISDA_CLASSES,
         layout="image_list",
         splits=("train", "validation"),
@@ -215,7 +229,8 @@ REGISTRY: dict[str, DatasetSpec] = {
     "office31": DatasetSpec(
         name="office31",
         title="Office-31",
-        domains=(DomainSpec("amazon", "amazon"), DomainSpec("dslr", "dslr"), DomainSpec("webcam", "webcam")),
+        domains=(DomainSpec("amazon", "amazon", images=2817), DomainSpec("dslr", "dslr", images=498),
+                 DomainSpec("webcam", "webcam", images=795)),
         class_folders=OFFICE31_CLASSES,
         resources=(
             Resource("domain_adaptation_images.tar.gz", None, manual=True,
@@ -252,14 +267,17 @@ def get_spec(name: str) -> DatasetSpec:
                "office_31": "office31", "minidomainnet": "mini_domainnet"}
     key = aliases.get(key, key)
     if key not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
+        close = difflib.get_close_matches(key, [*REGISTRY, *aliases], n=1, cutoff=0.6)
+        hint = f"did you mean {aliases.get(close[0], close[0])!r}? " if close else ""
+        raise UnknownDatasetError(f"unknown dataset {name!r}; {hint}known: {', '.join(REGISTRY)} "
+                                  "(see `dapl data list`)")
     return REGISTRY[key]
 
 
 def _subdirs(path: Path) -> list[str]:
     if not path.is_dir():
         return []
-    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not ignored_name(p.name))
 
 
 def discover(spec: DatasetSpec, root: Path) -> DatasetSpec:
