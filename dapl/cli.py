@@ -34,16 +34,21 @@ def cmd_data_fetch(a: argparse.Namespace) -> int:
     from dapl.datasets.fetch import fetch_dataset
 
     root = fetch_dataset(a.dataset, a.root, sources=a.source or (), download_dir=a.download_dir, seed=a.seed,
-                         force=a.force)
+                         force=a.force, check_counts=not a.allow_incomplete)
     print(f"{a.dataset} is in place at {root}")
     return 0
 
 
 def cmd_data_index(a: argparse.Namespace) -> int:
+    from dapl.datasets.fetch import check_output_path
     from dapl.datasets.index import index_dataset
 
-    m = index_dataset(a.dataset, a.root, workers=a.workers, decode=not a.no_decode)
     out = Path(a.out or f"artifacts/manifests/{a.dataset}.parquet")
+    check_output_path(out, "--out")  # bad output paths fail before the (long) index, not after
+    if a.problems:
+        check_output_path(a.problems, "--problems")
+    m = index_dataset(a.dataset, a.root, workers=a.workers, decode=not a.no_decode,
+                      check_counts=not a.allow_incomplete)
     m.save(out)
     print(m.summary())
     if a.problems:
@@ -187,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--download-dir")
     f.add_argument("--seed", type=int, default=0, help="toy world seed")
     f.add_argument("--force", action="store_true")
+    f.add_argument("--allow-incomplete", action="store_true",
+                   help="accept fewer images per domain than the official release (a deliberate subset)")
     f.set_defaults(fn=cmd_data_fetch)
     i = data.add_parser("index", help="verify every image and write the polars manifest")
     i.add_argument("dataset")
@@ -196,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--problems", help="also write the problem table (CSV) here")
     i.add_argument("--no-decode", action="store_true",
                    help="header-only checks (fast on huge datasets; truncated files are then missed)")
+    i.add_argument("--allow-incomplete", action="store_true",
+                   help="index fewer images per domain than the official release (a deliberate subset)")
     i.set_defaults(fn=cmd_data_index)
     data.add_parser("list", help="the datasets of the registry").set_defaults(fn=cmd_data_list)
 
@@ -248,12 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     args = build_parser().parse_args(argv)
-    from dapl.datasets.errors import DatasetError
+    from dapl.errors import UserError
     from dapl.models import WeightsNotFoundError
 
     try:
         return int(args.fn(args) or 0)
-    except (DatasetError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:
+    except (UserError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:  # the user can fix these
         print(f"dapl {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -45,6 +45,9 @@ def build_task(cfg: DaplConfig, manifest=None) -> AdaptationTask:
     order = cfg.data.domains
     has_split = {"train", "test"} <= set(m.ok["split"].unique().to_list())
     split = "train" if has_split else None
+    from dapl.datasets.problems import check_usable
+
+    check_usable(m, cfg.data.source, cfg.data.target, split)  # before any weights load: names domain/class
     source = m.image_set(cfg.data.source, split=split, domain_order=order)
     target = m.image_set(cfg.data.target, split=split, domain_order=order)
     target_test = m.image_set(cfg.data.target, split="test", domain_order=order) if has_split else None
@@ -140,11 +143,11 @@ def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle
 
     tensors, meta = load_prompts(prompt_dir)
     saved = DaplConfig.model_validate(meta["config"])
+    task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(saved.model)
     if meta.get("model_identity") and meta["model_identity"] != bundle.identity:
         raise ValueError(f"{prompt_dir} was trained on {meta['model_identity']}, not {bundle.identity}; "
                          "evaluate with the model it was trained on")
-    task = task or build_task(cfg)
     missing = [task.domains[d] for d in task.target_domains if task.domains[d] not in meta["domains"]]
     if missing:
         raise ValueError(f"{prompt_dir} has prompts for domains {meta['domains']}, not {missing}")

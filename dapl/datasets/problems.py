@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import polars as pl
+
+from dapl.datasets.errors import UnusableDatasetError
 
 PROBLEM_SCHEMA = {"severity": pl.Utf8, "kind": pl.Utf8, "domain": pl.Utf8, "class_name": pl.Utf8,
                   "path": pl.Utf8, "detail": pl.Utf8}
@@ -91,3 +93,38 @@ def problem_counts(problems: pl.DataFrame, examples: int = 3) -> pl.DataFrame:
             .agg(pl.len().alias("count"),
                  pl.coalesce("path", pl.concat_str("domain", "class_name", separator="/"), "class_name", "domain")
                  .drop_nulls().head(examples).str.join(", ").alias("examples")))
+
+
+def check_usable(manifest, source: Sequence[str], target: Sequence[str], split: str | None = None) -> None:
+    """Fail fast, before any weights load, when a run's data cannot work.
+
+    Raises :class:`UnusableDatasetError` (one line, naming the domain or class and pointing at the problem
+    table) when a source or target domain is unknown or has no usable image (in ``split`` when given), or a
+    class has no usable source image (its prompts could not be learned).
+    """
+    hint = (f"see the problem table: dapl data index {manifest.dataset} --root {manifest.root} "
+            "--problems problems.csv")
+    ok = manifest.ok if split is None else manifest.ok.filter(pl.col("split") == split)
+    keys: dict[str, list[str]] = {}
+    for role, names in (("source", source), ("target", target)):
+        keys[role] = []
+        for name in names:
+            try:
+                key = manifest._domain_key(name)
+            except KeyError:
+                raise UnusableDatasetError(f"data.{role}: {manifest.dataset} has no domain {name!r}; its domains "
+                                           f"are {', '.join(manifest.domains)}") from None
+            if ok.filter(pl.col("domain") == key).is_empty():
+                n = manifest.df.filter(pl.col("domain") == key).height
+                where = f" in split {split!r}" if split else ""
+                raise UnusableDatasetError(f"{role} domain {key!r} of {manifest.dataset} has no usable image{where} "
+                                           f"({n} file(s) indexed, none usable); {hint}")
+            keys[role].append(key)
+    present = set(ok.filter(pl.col("domain").is_in(keys["source"]))["class_idx"].to_list())
+    missing = [c for k, c in enumerate(manifest.classes) if k not in present]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise UnusableDatasetError(
+            f"class(es) {', '.join(map(repr, missing[:5]))}{more} of {manifest.dataset} have no usable image in "
+            f"source domain(s) {', '.join(keys['source'])}, so their prompts cannot be learned; add images or "
+            f"choose other source domains; {hint}")
