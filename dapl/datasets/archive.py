@@ -244,7 +244,7 @@ def _check_tar_end(tf: tarfile.TarFile, archive: Path, members: int) -> None:
     fobj.seek(tf.offset)
     end = fobj.read(2 * tarfile.BLOCKSIZE)
     if len(end) < 2 * tarfile.BLOCKSIZE or end.count(0) != len(end):
-        what = "ends" if not end else "has damaged data"
+        what = "ends" if not end else "holds damaged or partial data"
         raise DatasetError(f"{archive}: tar archive is cut short: it {what} after {members} member(s) where its "
                            "end-of-archive marker should be; delete it and download it again")
     while fobj.read(1 << 20):
