@@ -98,6 +98,7 @@ class _Files(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     ranges: list[str | None] = []
     honour_range = True
+    cut_at: int | None = None  # stop sending there (the Content-Length still announces the whole file)
 
     def do_GET(self):  # noqa: N802 - http.server API
         data = self.files.get(self.path)
@@ -112,7 +113,7 @@ class _Files(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        self.wfile.write(data[start:])
+        self.wfile.write(data[start:self.cut_at])
 
     def log_message(self, *args):
         pass
@@ -120,7 +121,7 @@ class _Files(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    _Files.files, _Files.ranges, _Files.honour_range = {}, [], True
+    _Files.files, _Files.ranges, _Files.honour_range, _Files.cut_at = {}, [], True, None
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Files)
     th = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     th.start()
@@ -152,6 +153,20 @@ def test_download_resumes_and_checks(tmp_path, server):
     assert not (tmp_path / "dl" / "bad.bin").exists() and not (tmp_path / "dl" / "bad.bin.part").exists()
     with pytest.raises(DatasetUnavailable, match="HTTP 404"):
         download(f"{base}/nope.bin", tmp_path / "dl" / "nope.bin", progress=False)
+
+
+def test_cut_short_download_never_passes_and_resumes(tmp_path, server):
+    files, base = server
+    blob = bytes(range(256)) * 400
+    files.files["/blob.bin"] = blob
+    files.cut_at = 5000  # the connection closes early; no size or sha256 known to check against
+    dest = tmp_path / "blob.bin"
+    with pytest.raises(DatasetUnavailable, match="stopped at 5000 of 102400 bytes"):
+        download(f"{base}/blob.bin", dest, progress=False)
+    assert not dest.exists() and dest.with_name("blob.bin.part").stat().st_size == 5000
+    files.cut_at = None
+    download(f"{base}/blob.bin", dest, progress=False)
+    assert dest.read_bytes() == blob and files.ranges[-1] == "bytes=5000-"
 
 
 def _visda_tar(split: str) -> bytes:

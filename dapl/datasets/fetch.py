@@ -105,6 +105,10 @@ def download(url: str, dest: Path | str, *, size: int | None = None, sha256: str
                     while chunk := r.read(1 << 20):
                         f.write(chunk)
                         bar.update(len(chunk))
+            got = part.stat().st_size
+            if total is not None and got < total:  # the connection closed early: never pass a cut file on
+                raise DatasetUnavailable(f"downloading {url} stopped at {got} of {total} bytes; the partial file "
+                                         f"{part} is kept and resumed next time: run the same command again")
         except urllib.error.HTTPError as e:
             if not (e.code == 416 and have and (size is None or have == size)):  # 416: .part already whole
                 raise DatasetUnavailable(f"downloading {url} failed: HTTP {e.code} {e.reason}. Download it "
