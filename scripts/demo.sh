@@ -13,7 +13,6 @@ cd "$ROOT"
 t0=$(date +%s)
 bash scripts/setup.sh
 source scripts/env.sh
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 WORKDIR="${DEMO_WORKDIR:-$ROOT}"
 WEIGHTS="${DEMO_WEIGHTS:-$ROOT/dapl/assets/toy-clip.pt}"
 SEEDS="${DEMO_SEEDS:-[1]}" WORKERS="${DEMO_WORKERS:-2}"

@@ -125,3 +125,15 @@ def test_params_yaml_is_the_resolved_default(kind, monkeypatch):
     plain = cli.plan_of(cli.build_parser().parse_args([kind]), TOY_DOMAINS)
     assert with_file[1] == plain[1] == default_runs_dir(kind, plain[0], PROJECT_ROOT)
     assert [(r.spec, r.config) for r in with_file[2]] == [(r.spec, r.config) for r in plain[2]]
+
+
+def test_env_sh_sets_the_python_env_defaults():
+    """scripts/env.sh (shell) and dapl.paths.ENV_DEFAULTS (Python: flows, tasks, CLI) set the same values."""
+    import re
+
+    from dapl.paths import ENV_DEFAULTS
+
+    text = (PROJECT_ROOT / "scripts" / "env.sh").read_text()
+    found = dict(re.findall(r"\b([A-Z_]+)=\"?\$\{[A-Z_]+:-([^}]*)\}\"?", text))  # VAR="${VAR:-value}"
+    found |= dict(re.findall(r"\b([A-Z_]+)=([A-Za-z0-9_]+)(?=\s|$)", text))  # VAR=value
+    assert {k: found.get(k) for k in ENV_DEFAULTS} == ENV_DEFAULTS
