@@ -137,8 +137,9 @@ def dapl(
              parent, uri)
     try:
         common = {"manifest": manifest, "manifest_sha": msha, "weights_sha": weights_sha}
-        feats = [_prepare(extract_features, refresh).submit(for_pair(cfg, a, b).to_dict(), **common)
-                 for a, b in feature_groups(runs)]
+        with runners.worker_env(uri):  # Dask workers start at the first submission: they inherit the flow's API
+            feats = [_prepare(extract_features, refresh).submit(for_pair(cfg, a, b).to_dict(), **common)
+                     for a, b in feature_groups(runs)]
         zs = {p: _prepare(zero_shot, refresh).submit(for_pair(cfg, *p).to_dict(), **common, wait_for=feats)
               for p in pairs_of(runs)}
         trains = [_prepare(train_prompts, refresh or not _finished(r)).submit(
