@@ -65,13 +65,17 @@ def cmd_data_list(a: argparse.Namespace) -> int:
 
 
 # -- model stages -----------------------------------------------------------------------------------------
+def _write_out(a: argparse.Namespace, res: dict) -> None:
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+
+
 def cmd_features(a: argparse.Namespace) -> int:
     from dapl.run import extract_features
 
     res = extract_features(_config(a))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    _write_out(a, res)
     _print_json(res)
     return 0
 
@@ -80,9 +84,7 @@ def cmd_zero_shot(a: argparse.Namespace) -> int:
     from dapl.run import zero_shot
 
     res = zero_shot(_config(a))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    _write_out(a, res)
     _print_json({k: v for k, v in res.items() if k != "metrics"})
     return 0
 
@@ -102,8 +104,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from dapl.run import evaluate_prompts
 
     res = evaluate_prompts(_config(a), a.prompts)
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    _write_out(a, res)
     _print_json({k: {"accuracy": m["accuracy"], "mean_per_class": m["mean_per_class"], "n": m["n"]}
                  for k, m in res["metrics"].items()})
     return 0
