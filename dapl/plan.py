@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -306,7 +306,7 @@ class Run:
     """A planned run: its spec and its resolved config (computed once, by :func:`plan_runs`)."""
 
     spec: RunSpec
-    config: DaplConfig = field(compare=True)
+    config: DaplConfig
 
     def axes(self) -> dict[str, Any]:
         """The sweep axes as the run actually uses them (every run has all of them: MLflow can plot any)."""
