@@ -1,6 +1,6 @@
 """Screenshots of an MLflow store for the README: the runs table of the latest benchmark and the latest
-ablations (nested runs expanded, their ``sweep.*`` params and final accuracy as columns), and MLflow's
-compare view of the ablation's runs along one axis (``--axis tau``: parallel coordinates over sweep.tau).
+ablations (nested runs expanded, their ``sweep.*`` params and final accuracy as columns: the ablation
+comparison), and MLflow's compare view of the ablation's runs along one axis (``--axis tau``).
 
 Starts the MLflow UI (``scripts/mlflow_ui.sh --background``, own process group) on the store, drives headless
 Chromium (Debian's ``chromium`` package) over its DevTools protocol (the UI keeps its table layout in the
