@@ -28,7 +28,7 @@ def configure(runner: str | None = None, workers: int | None = None, address: st
         os.environ[ADDRESS_ENV] = address
         os.environ[RUNNER_ENV] = "dask"
     path = os.environ.get("PYTHONPATH", "")
-    if str(PROJECT_ROOT) not in path.split(os.pathsep):  # Dask worker processes must import tasks/ and flows/
+    if str(PROJECT_ROOT) not in path.split(os.pathsep):  # a checkout whose tasks/flows are not installed
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p)
 
 
