@@ -1,4 +1,4 @@
-"""Where our training step's time goes: phases (annotated in ``OursStep``) and the heaviest operators."""
+"""Where our training step's time goes: phases (annotated in ``dapl.train.TrainStep``) and the heaviest operators."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def profile_step(step: OursStep, steps: int = 2, top: int = 12) -> tuple[str, st
     def dev_us(e) -> float:
         return float(getattr(e, "device_time_total", 0.0) or getattr(e, "cuda_time_total", 0.0) or 0.0)
 
-    phases = [e for e in events if e.key.startswith("ours:")]
+    phases = [e for e in events if e.key.startswith("step:")]
     total = sum(e.cpu_time_total for e in phases) or 1.0
-    rows = [[e.key.removeprefix("ours: "), f"{e.cpu_time_total / steps / 1e3:.1f}",
+    rows = [[e.key.removeprefix("step: "), f"{e.cpu_time_total / steps / 1e3:.1f}",
              f"{100 * e.cpu_time_total / total:.0f}%"] + ([f"{dev_us(e) / steps / 1e3:.1f}"] if cuda else [])
             for e in sorted(phases, key=lambda e: -e.cpu_time_total)]
     phase_md = md_table(["phase", "CPU ms/step", "share"] + (["CUDA ms/step"] if cuda else []), rows)

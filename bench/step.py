@@ -1,9 +1,9 @@
 """Training step and epoch: our step vs the released code's structure, side by side on one frozen CLIP.
 
-Ours (``dapl.train.Trainer``'s inner loop): batch features gathered from cached augmented views, zero-shot
-pseudo-labels from cached text features, ONE prompt-encoder forward/backward over all D·K prompts (shared-prefix
-or cut after EOT) shared by both halves of the batch, two small matrix products, SGD. Official: two full model
-forwards (image encoder on the 32 + 32 images, text encoder over 2K + K prompts at 77 tokens each time).
+Ours (``dapl.train.TrainStep``, the step ``Trainer`` runs): batch features gathered from cached augmented views,
+zero-shot pseudo-labels from cached text features, ONE prompt-encoder forward/backward over all D·K prompts
+(shared-prefix or cut after EOT) shared by both halves of the batch, two small matrix products, SGD. Official: two
+full model forwards (image encoder on the 32 + 32 images, text encoder over 2K + K prompts at 77 tokens each time).
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import record_function
 
 from bench.common import Samples, interleaved, timed
 from bench.official import Batch, OfficialCLIP, official_loss
 from dapl.config import PromptConfig, PromptSetting
-from dapl.losses import dapl_loss
 from dapl.models import ClipBundle
 from dapl.prompts import PromptLearner
-from dapl.pseudo_labels import pseudo_label, zero_shot_text
-from dapl.train import CachedViews, predict_own_domain
+from dapl.pseudo_labels import zero_shot_text
+from dapl.train import CachedViews, TrainStep, predict_own_domain
 
 SGD = {"lr": 0.003, "momentum": 0.9, "weight_decay": 5e-4}
 TEST_BATCH_OFFICIAL = 128  # DATALOADER.TEST.BATCH_SIZE of the released configs
@@ -45,7 +43,11 @@ def learner_for(bundle: ClipBundle, classnames: list[str], domains: list[str], s
 
 
 class OursStep:
-    """One training step exactly as ``Trainer.run`` does it, on synthetic cached features."""
+    """``dapl.train.TrainStep`` (the trainer's own step, not a copy) on synthetic cached features.
+
+    Differences from a training run are only in the data: random features, random batch indices, a fixed
+    learning rate (no schedule). The step's phases are annotated for ``bench/profile.py``.
+    """
 
     def __init__(self, bundle: ClipBundle, learner: PromptLearner, n_images: int = 1024, views: int = 8,
                  bs: int = 32, bt: int = 32, tau: float = 0.0, chunk: int = 0, loss: str = "kway") -> None:
@@ -54,38 +56,23 @@ class OursStep:
         dev = bundle.device
         E, K, D = bundle.embed_dim, learner.n_classes, learner.n_domains
         g = torch.Generator().manual_seed(0)
-        self.src = CachedViews(torch.randn(views, n_images, E, generator=g).half(), dev)
-        self.tgt = CachedViews(torch.randn(views, n_images, E, generator=g).half(), dev)
-        self.src_y = torch.randint(K, (n_images,), generator=g).to(dev)
+        src = CachedViews(torch.randn(views, n_images, E, generator=g).half(), dev)
+        tgt = CachedViews(torch.randn(views, n_images, E, generator=g).half(), dev)
+        src_y = torch.randint(K, (n_images,), generator=g).to(dev)
         # sources: every domain but the last (multi-source when D > 2); target: the last domain
-        self.src_d = torch.randint(max(1, D - 1), (n_images,), generator=g).to(dev)
-        self.tgt_d = torch.full((n_images,), D - 1, device=dev)
-        self.zs = zero_shot_text(bundle, learner.classnames)
+        src_d = torch.randint(max(1, D - 1), (n_images,), generator=g).to(dev)
+        tgt_d = torch.full((n_images,), D - 1, device=dev)
         self.scale = bundle.logit_scale.to(dev)
         self.opt = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], **SGD)
+        self.step = TrainStep(learner, self.opt, self.scale, loss, chunk, src, src_y, src_d, tgt, tgt_d,
+                              zero_shot_text(bundle, learner.classnames), tau)
         self.gen = torch.Generator().manual_seed(1)
         self.n = n_images
 
     def __call__(self) -> float:
-        dev = self.bundle.device
-        with record_function("ours: cached features + pseudo-labels"):
-            si = torch.randint(self.n, (self.bs,), generator=self.gen)
-            ti = torch.randint(self.n, (self.bt,), generator=self.gen)
-            src_f = F.normalize(self.src(si, self.gen), dim=-1)
-            tgt_raw = self.tgt(ti, self.gen)
-            pl = pseudo_label(tgt_raw, self.zs, self.scale, self.tau)
-        with record_function("ours: prompt encoder forward"):
-            text = F.normalize(self.learner.text_features(chunk=self.chunk), dim=-1)
-        with record_function("ours: loss (two small products)"):
-            loss, _ = dapl_loss(text, self.scale, src_f, self.src_d[si.to(dev)], self.src_y[si.to(dev)],
-                                tgt_img=F.normalize(tgt_raw, dim=-1), tgt_dom=self.tgt_d[ti.to(dev)],
-                                tgt_pl=pl.labels, tgt_mask=pl.mask, kind=self.loss)
-        with record_function("ours: backward"):
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-        with record_function("ours: optimizer"):
-            self.opt.step()
-        return float(loss.detach())
+        si = torch.randint(self.n, (self.bs,), generator=self.gen)
+        ti = torch.randint(self.n, (self.bt,), generator=self.gen)
+        return self.step(si, ti, self.gen)["loss"]
 
     @torch.no_grad()
     def evaluate(self, feats: torch.Tensor) -> torch.Tensor:

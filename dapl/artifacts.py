@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dapl.config import DaplConfig
+from dapl.losses import clip_logits
 from dapl.models import ClipBundle, eval_transform, load_clip
 from dapl.prompts import PromptLearner
 
@@ -134,7 +135,7 @@ class AdaptedClassifier:
                 img = Image.open(im) if isinstance(im, str | Path) else im
                 batch.append(self.transform(img.convert("RGB")))
             f = F.normalize(self.bundle.encode_images(torch.stack(batch)), dim=-1)
-            out.append((self.bundle.logit_scale * f @ self.text.T).softmax(-1).cpu().numpy())
+            out.append(clip_logits(f, self.text, self.bundle.logit_scale).softmax(-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classnames)), np.float32)
 
     def predict(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64) -> list[str]:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from dapl.config import DaplConfig, parse_set_args
+from dapl.paths import apply_env_defaults, default_manifest
 
 
 def _config(args: argparse.Namespace) -> DaplConfig:
-    cfg = DaplConfig.load(args.config) if args.config else DaplConfig.from_preset(args.preset or "paper")
-    if args.config and args.preset and args.preset != cfg.preset:
-        cfg = DaplConfig.from_preset(args.preset, {k: v for k, v in cfg.to_dict().items() if k != "preset"})
-    return cfg.with_overrides(parse_set_args(args.set or []))
+    """The base config of every command: one resolution for the CLI, the flow and DVC (:mod:`dapl.plan`)."""
+    from dapl.plan import resolve_config
+
+    return resolve_config(args.config, preset=args.preset, overrides=parse_set_args(args.set or []))
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -43,7 +43,10 @@ def cmd_data_index(a: argparse.Namespace) -> int:
     from dapl.datasets.fetch import check_output_path
     from dapl.datasets.index import index_dataset
 
-    out = Path(a.out or f"artifacts/manifests/{a.dataset}.parquet")
+    from dapl.datasets.registry import get_spec
+
+    name = get_spec(a.dataset).name
+    out = Path(a.out) if a.out else default_manifest(name, Path(a.root), Path.cwd())
     check_output_path(out, "--out")  # bad output paths fail before the (long) index, not after
     if a.problems:
         check_output_path(a.problems, "--problems")
@@ -70,13 +73,17 @@ def cmd_data_list(a: argparse.Namespace) -> int:
 
 
 # -- model stages -----------------------------------------------------------------------------------------
+def _write_out(a: argparse.Namespace, res: dict) -> None:
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+
+
 def cmd_features(a: argparse.Namespace) -> int:
     from dapl.run import extract_features
 
     res = extract_features(_config(a))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    _write_out(a, res)
     _print_json(res)
     return 0
 
@@ -85,9 +92,7 @@ def cmd_zero_shot(a: argparse.Namespace) -> int:
     from dapl.run import zero_shot
 
     res = zero_shot(_config(a))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    _write_out(a, res)
     _print_json({k: v for k, v in res.items() if k != "metrics"})
     return 0
 
@@ -107,45 +112,49 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from dapl.run import evaluate_prompts
 
     res = evaluate_prompts(_config(a), a.prompts)
-    if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    _write_out(a, res)
     _print_json({k: {"accuracy": m["accuracy"], "mean_per_class": m["mean_per_class"], "n": m["n"]}
                  for k, m in res["metrics"].items()})
     return 0
 
 
+def sweep_of(a: argparse.Namespace):
+    """The :class:`~dapl.plan.Sweep` of ``dapl benchmark``/``dapl ablations`` (unset options: the plan's defaults)."""
+    from dapl.plan import Sweep
+
+    if a.kind == "benchmark":
+        return Sweep.parse("benchmark", seeds=a.seeds, methods=a.methods, pairs=a.pairs)
+    return Sweep.parse("ablations", seeds=a.seeds, pairs=a.pair, settings=a.settings, m1m2=a.m1m2, taus=a.taus)
+
+
+def plan_of(a: argparse.Namespace, domains: list[str]):
+    """Base config, runs folder and planned runs of ``dapl benchmark``/``dapl ablations`` (``domains``: the
+    manifest's)."""
+    from dapl.plan import default_runs_dir, plan_runs
+
+    cfg, sweep = _config(a), sweep_of(a)
+    out = Path(a.runs_dir).absolute() if a.runs_dir else default_runs_dir(sweep.kind, cfg)
+    return cfg, out, plan_runs(sweep, cfg, domains, out)
+
+
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from dapl.benchmark import ablation_specs, benchmark_specs, format_table, results_table, run_one, seed_table
+    from dapl.benchmark import run_one, write_tables
     from dapl.models import load_clip
+    from dapl.plan import format_recipe
     from dapl.run import load_manifest
 
-    cfg = _config(a)
-    manifest = load_manifest(cfg)
+    manifest = load_manifest(_config(a))
+    cfg, out, runs = plan_of(a, list(manifest.domains))
+    print(format_recipe(cfg), file=sys.stderr)
     bundle = load_clip(cfg.model)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    if a.kind == "ablations":
-        src, tgt = (a.pair or f"{cfg.data.source[0]}->{cfg.data.target[0]}").split("->")
-        grid = [tuple(int(v) for v in x.split("x")) for x in a.m1m2.split(",")] if a.m1m2 else []
-        taus = [float(t) for t in a.taus.split(",")] if a.taus else []
-        specs = ablation_specs((src, tgt), seeds, grid, taus)
-    else:
-        pairs = [tuple(p.split("->")) for p in a.pairs.split(",")] if a.pairs else None
-        specs = benchmark_specs(list(manifest.domains), seeds, tuple(a.methods.split(",")), pairs)
     rows = []
-    for i, spec in enumerate(specs):
-        print(f"[{i + 1}/{len(specs)}] {spec.pair} {spec.method} seed {spec.seed}", file=sys.stderr)
-        rows.append(run_one(cfg, spec, a.runs_dir, bundle=bundle, manifest=manifest, progress=not a.quiet))
-    table = results_table(rows)
-    text = format_table(table)
+    for i, run in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {run.spec.pair} {run.spec.label} seed {run.spec.seed}", file=sys.stderr)
+        rows.append(run_one(run, bundle=bundle, manifest=manifest, progress=not a.quiet))
+    text = write_tables(rows, out, a.kind).markdown
     print(text)
-    out = Path(a.runs_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    import polars as pl
-
-    pl.DataFrame(rows).write_csv(out / f"{a.kind}_runs.csv")
-    table.write_csv(out / f"{a.kind}_table.csv")
-    seed_table(rows).write_csv(out / f"{a.kind}_seeds.csv")
-    (out / f"{a.kind}_table.md").write_text(text + "\n")
+    print(format_recipe(cfg))
+    (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     print(f"tables in {out}/{a.kind}_table.md (per-seed mean ± std: {a.kind}_seeds.csv)")
     return 0
 
@@ -227,16 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         b = sub.add_parser(kind, help="every pair x method x seed" if kind == "benchmark"
                            else "prompt settings, M1xM2 grid and tau grid on one pair")
         _add_config_args(b)
-        b.add_argument("--seeds", default="1")
-        b.add_argument("--runs-dir", default=f"runs/{kind}")
+        b.add_argument("--seeds", help="e.g. '1,2,3' (default: 1)")
+        b.add_argument("--runs-dir", help=f"default: runs/{kind}/<dataset>-<config digest>")
         b.add_argument("--quiet", action="store_true", help="no per-run progress bars")
         if kind == "benchmark":
-            b.add_argument("--methods", default="zero_shot,source_only,dapl")
-            b.add_argument("--pairs", help="e.g. 'art->real,real->art' (default: all ordered pairs)")
+            b.add_argument("--methods", help="default: zero_shot,source_only,dapl")
+            b.add_argument("--pairs", help="e.g. 'art->real,real->art' (default: the dataset's pairs)")
         else:
             b.add_argument("--pair", help="e.g. 'real->art' (default: data.source->data.target)")
-            b.add_argument("--m1m2", help="e.g. '4x4,8x8,16x16'")
-            b.add_argument("--taus", help="e.g. '0.4,0.5,0.6,0.7'")
+            b.add_argument("--settings", help="prompt settings (default: all five)")
+            b.add_argument("--m1m2", help="M1xM2 grid, e.g. '4x4,8x8' (default: {4,8,16} x {4,8,16})")
+            b.add_argument("--taus", help="tau grid (default: 0.4,0.5,0.6,0.7)")
         b.set_defaults(fn=cmd_benchmark, kind=kind)
 
     pr = sub.add_parser("predict", help="classify images with learned prompts")
@@ -255,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("DO_NOT_TRACK", "true")
+    apply_env_defaults()
     args = build_parser().parse_args(argv)
     from dapl.errors import UserError
     from dapl.models import WeightsNotFoundError

@@ -51,8 +51,8 @@ class PromptConfig(_Section):
     m1: int = Field(16, ge=0, description="domain-agnostic context length")
     m2: int = Field(16, ge=0, description="domain-specific context length (per domain)")
     csc: bool = Field(False, description="class-specific domain-agnostic context")
-    init: str | None = Field(None, description="initialise the domain-agnostic context from these words "
-                             "(their token embeddings; must tokenize to exactly m1 tokens); null = N(0, std^2)")
+    init: str | None = Field(None, description="initialise the first domain-agnostic vectors from these words "
+                             "(their token embeddings; at most m1 tokens, the rest N(0, std^2)); null = N(0, std^2)")
     init_std: float = 0.02
     text: Literal["paper", "official"] = Field("paper", description="'paper': X.. {class}.  'official': "
                                                "X.. {class} , a {domain} image..")

@@ -7,14 +7,19 @@ import torch
 import torch.nn.functional as F
 
 
-def logits_all(img: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """``img [B,E]`` and ``text [D,K,E]`` (both L2-normalised) -> ``[B, D*K]``."""
-    return scale * img @ text.flatten(0, 1).T
+def clip_logits(img: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
+                dom: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's logits ``scale · img · textᵀ`` (both L2-normalised): the one product behind training, evaluation,
+    pseudo-labelling and prediction.
 
-
-def logits_own_domain(img: torch.Tensor, dom: torch.Tensor, text: torch.Tensor,
-                      scale: torch.Tensor | float) -> torch.Tensor:
-    """Each image against the K prompts of its own domain: ``[B, K]``."""
+    ``text [K,E]`` (one prompt per class): ``img [..., E]`` -> ``[..., K]``. ``text [D,K,E]`` (per domain): every
+    domain × class prompt, ``[B, D*K]`` (index d·K + k); with ``dom [B]``, each image against the K prompts of its
+    own domain, ``[B, K]``.
+    """
+    if text.ndim == 2:
+        return scale * img @ text.T
+    if dom is None:
+        return scale * img @ text.flatten(0, 1).T
     return scale * torch.einsum("be,bke->bk", img, text[dom])
 
 
@@ -45,9 +50,9 @@ def dapl_loss(
 
     def term(img: torch.Tensor, dom: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if kind == "contrastive":
-            return F.cross_entropy(logits_all(img, text, scale), dom * K + y, reduction="none")
+            return F.cross_entropy(clip_logits(img, text, scale), dom * K + y, reduction="none")
         if kind == "kway":
-            return F.cross_entropy(logits_own_domain(img, dom, text, scale), y, reduction="none")
+            return F.cross_entropy(clip_logits(img, text, scale, dom), y, reduction="none")
         raise ValueError(f"unknown loss {kind!r}")
 
     l_src = term(src_img, src_dom, src_y).mean()

@@ -6,7 +6,6 @@ seconds with the exact place to put it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from dapl.config import FeatureConfig, ModelConfig
+from dapl.paths import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 ASSET_DIR = Path(__file__).parent / "assets"
@@ -163,11 +163,7 @@ def _looks_openai(path: str) -> bool:
 
 
 def _file_identity(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -69,10 +69,15 @@ class PromptLearner(nn.Module):
         self.register_buffer("manual", emb[:, :L].clone(), persistent=False)
 
         g = torch.Generator().manual_seed(0)
+        self.n_init = 0  # leading domain-agnostic vectors initialised from prompt.init's words
         if cfg.m1:
             if cfg.init:
                 init = self._init_from_words(bundle, cfg.init, cfg.m1)
+                self.n_init = int(init.shape[0])
                 ctx = init.expand(K, -1, -1).clone() if cfg.csc else init.clone()
+                if self.n_init < cfg.m1:  # words shorter than M1: the rest N(0, std²), like DAPL's M2 vectors
+                    tail = (K, cfg.m1 - self.n_init, width) if cfg.csc else (cfg.m1 - self.n_init, width)
+                    ctx = torch.cat([ctx, torch.randn(tail, generator=g) * cfg.init_std], dim=-2)
             else:
                 shape = (K, cfg.m1, width) if cfg.csc else (cfg.m1, width)
                 ctx = torch.randn(shape, generator=g) * cfg.init_std
@@ -88,8 +93,8 @@ class PromptLearner(nn.Module):
     def _init_from_words(bundle: ClipBundle, words: str, m1: int) -> torch.Tensor:
         tok = bundle.tokenizer([words])[0]
         n = int(tok.argmax()) - 1
-        if n != m1:
-            raise ValueError(f"prompt.init={words!r} is {n} tokens but prompt.m1={m1}; use words of exactly "
+        if n > m1:
+            raise ValueError(f"prompt.init={words!r} is {n} tokens but prompt.m1={m1}; use words of at most "
                              f"m1 tokens or set prompt.m1={n}")
         with torch.no_grad():
             return bundle.model.token_embedding(tok[1:1 + n].to(bundle.device)).float().cpu()
@@ -108,6 +113,9 @@ class PromptLearner(nn.Module):
         with torch.no_grad():
             if self.ctx_agnostic is not None and not self.cfg.init:
                 self.ctx_agnostic.copy_(torch.randn(self.ctx_agnostic.shape, generator=g) * self.cfg.init_std)
+            elif self.ctx_agnostic is not None and self.n_init < self.cfg.m1:  # the part the words leave
+                tail = self.ctx_agnostic[..., self.n_init:, :]
+                tail.copy_(torch.randn(tail.shape, generator=g) * self.cfg.init_std)
             if self.ctx_domain is not None:
                 self.ctx_domain.copy_(torch.randn(self.ctx_domain.shape, generator=g) * self.cfg.init_std)
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dapl.losses import clip_logits
 from dapl.models import ClipBundle
 
 
@@ -44,6 +45,6 @@ def pseudo_label(features: torch.Tensor, text: torch.Tensor, scale: float | torc
                  tau: float) -> PseudoLabels:
     """``features [..., N, E]`` (raw image features, any leading view dims) -> labels with shape ``[..., N]``."""
     img = F.normalize(features.float(), dim=-1)
-    probs = (scale * img @ text.T).softmax(dim=-1)
+    probs = clip_logits(img, text, scale).softmax(dim=-1)
     conf, lab = probs.max(dim=-1)
     return PseudoLabels(lab, conf, conf >= tau, tau)

@@ -16,13 +16,17 @@ from dapl.artifacts import format_nearest, nearest_tokens, save_prompts
 from dapl.config import DaplConfig
 from dapl.features import FeatureCache
 from dapl.models import ClipBundle, load_clip
+from dapl.paths import default_manifest
 from dapl.pseudo_labels import pseudo_label, zero_shot_text
 from dapl.train import AdaptationTask, TrainResult, target_metrics, train
 
 
 def manifest_path(cfg: DaplConfig) -> Path:
-    """Where the dataset's manifest lives (``data.manifest`` or ``artifacts/manifests/<dataset>.parquet``)."""
-    return Path(cfg.data.manifest) if cfg.data.manifest else Path("artifacts/manifests") / f"{cfg.data.dataset}.parquet"
+    """Where the dataset's manifest lives: ``data.manifest``, else the one rule of :func:`dapl.paths.default_manifest`
+    (``resolve_config`` always sets it; a hand-built config falls back to the rule under the current folder)."""
+    if cfg.data.manifest:
+        return Path(cfg.data.manifest)
+    return default_manifest(cfg.data.dataset, Path(cfg.data.root), Path.cwd())
 
 
 def load_manifest(cfg: DaplConfig):

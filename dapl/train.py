@@ -16,17 +16,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from dapl.config import DaplConfig
 from dapl.datasets.loader import SEEDED_RNG_LOCK, ImageFileDataset
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
-from dapl.losses import dapl_loss, logits_own_domain
+from dapl.losses import clip_logits, dapl_loss
 from dapl.metrics import Metrics, classification_metrics
 from dapl.models import ClipBundle, train_transform
 from dapl.prompts import PromptLearner
@@ -114,7 +116,7 @@ def predict_own_domain(img: torch.Tensor, dom: torch.Tensor, text: torch.Tensor,
     """Argmax and softmax over each image's own-domain prompts (target images: target prompts)."""
     preds, probs = [], []
     for i in range(0, img.shape[0], batch):
-        p = logits_own_domain(F.normalize(img[i:i + batch].float(), dim=-1), dom[i:i + batch], text, scale)
+        p = clip_logits(F.normalize(img[i:i + batch].float(), dim=-1), text, scale, dom[i:i + batch])
         p = p.softmax(-1)
         probs.append(p)
         preds.append(p.argmax(-1))
@@ -141,8 +143,82 @@ def _headline(ms: dict[str, Metrics], metric: str) -> dict[str, float]:
             "target_metric": m.headline(metric)}
 
 
+# -- one step ---------------------------------------------------------------------------------------------
+class TrainStep:
+    """One optimisation step: batch features (one cached view per image), zero-shot pseudo-labels for the target
+    half, ONE forward of every learned prompt shared by both halves, the loss, backward, SGD (and the schedule).
+
+    The trainer calls it every iteration and ``bench/step.py`` times it: what is measured is what trains.
+    """
+
+    def __init__(self, learner: PromptLearner, opt: torch.optim.Optimizer, scale: torch.Tensor, loss: str,
+                 chunk: int, src_views: Callable, src_y: torch.Tensor, src_d: torch.Tensor,
+                 tgt_views: Callable | None = None, tgt_d: torch.Tensor | None = None,
+                 zs_text: torch.Tensor | None = None, tau: float = 0.0, tgt_y: torch.Tensor | None = None,
+                 sched: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+        self.learner, self.opt, self.sched, self.scale, self.loss, self.chunk = learner, opt, sched, scale, loss, chunk
+        self.src_views, self.src_y, self.src_d = src_views, src_y, src_d
+        self.tgt_views, self.tgt_d, self.zs_text, self.tau, self.tgt_y = tgt_views, tgt_d, zs_text, tau, tgt_y
+
+    def __call__(self, si: torch.Tensor, ti: torch.Tensor | None, gen: torch.Generator) -> dict[str, float]:
+        """Source indices ``si``, target indices ``ti`` (None: source only); ``gen`` draws the views."""
+        dev = self.src_y.device
+        out = {"pl_pass": 0.0, "pl_seen": 0.0, "pl_correct": 0.0}
+        with record_function("step: batch features + pseudo-labels"):
+            src_f = F.normalize(self.src_views(si, gen), dim=-1)
+            kw = {}
+            if ti is not None:
+                tgt_raw = self.tgt_views(ti, gen)
+                pl = pseudo_label(tgt_raw, self.zs_text, self.scale, self.tau)
+                kw = {"tgt_img": F.normalize(tgt_raw, dim=-1), "tgt_dom": self.tgt_d[ti.to(dev)],
+                      "tgt_pl": pl.labels, "tgt_mask": pl.mask}
+                out["pl_pass"], out["pl_seen"] = float(pl.mask.sum()), float(len(ti))
+                if self.tgt_y is not None:
+                    ty = self.tgt_y[ti.to(dev)]
+                    out["pl_correct"] = float(((pl.labels == ty) & pl.mask & (ty >= 0)).sum())
+        with record_function("step: prompt encoder forward"):
+            text = _normalized_text(self.learner, self.chunk)
+        with record_function("step: loss"):
+            loss, parts = dapl_loss(text, self.scale, src_f, self.src_d[si.to(dev)], self.src_y[si.to(dev)],
+                                    kind=self.loss, **kw)
+        with record_function("step: backward"):
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("step: optimizer"):
+            self.opt.step()
+            if self.sched is not None:
+                self.sched.step()
+        return {"loss": float(loss.detach()), "loss_source": float(parts["loss_source"]),
+                "loss_target": float(parts["loss_target"]), **out}
+
+
 # -- the trainer ------------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Everything one training run carries from epoch to epoch (made by :meth:`Trainer.setup`)."""
+
+    learner: PromptLearner
+    src_test: torch.Tensor
+    tgt_test: torch.Tensor
+    zs: Any  # PseudoLabels of the target test view at tau
+    zero_shot: dict
+    pseudo: dict
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    step: TrainStep | None = None  # None: the manual prompt, nothing to learn
+    opt: torch.optim.Optimizer | None = None
+    sched: Any = None
+    iters: int = 0
+    start: int = 0  # first epoch to train (after a resumed checkpoint)
+    use_tgt: bool = False
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # label-free selection
+    metrics: dict[str, Metrics] = field(default_factory=dict)  # the last evaluation
+
+
 class Trainer:
+    """``run`` = ``setup``, then ``epoch`` for each epoch (``TrainStep`` per iteration), then ``finish``."""
+
     def __init__(self, cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask,
                  on_epoch: Callable[[dict], None] | None = None, progress: bool = True):
         self.cfg, self.bundle, self.task = cfg, bundle, task
@@ -176,7 +252,20 @@ class Trainer:
         pred = pred.cpu().numpy()
         return target_metrics(self.task, pred), pred
 
+    # the run --------------------------------------------------------------------------------------------
     def run(self, resume: bool = True) -> TrainResult:
+        st = self.setup(resume)
+        if st.step is not None:
+            bar = tqdm(total=st.iters * self.cfg.train.epochs, initial=st.start * st.iters, unit="it",
+                       desc=f"train {'+'.join(self.task.domains)}", disable=None if self.progress else True)
+            for epoch in range(st.start, self.cfg.train.epochs):
+                rec = self.epoch(st, epoch, on_step=lambda: bar.update(1))
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('target_acc', float('nan')):.1f}")
+            bar.close()
+        return self.finish(st)
+
+    def setup(self, resume: bool = True) -> TrainState:
+        """Learner, cached features, zero-shot pseudo-labels, source split, optimiser; resume a checkpoint."""
         cfg, task, dev = self.cfg, self.task, self.dev
         tc = cfg.train
         torch.manual_seed(tc.seed)
@@ -195,88 +284,72 @@ class Trainer:
         perm = torch.randperm(n_src, generator=torch.Generator().manual_seed(tc.seed))
         n_val = int(round(cfg.eval.source_val_fraction * n_src))
         val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
-        src_y = torch.as_tensor(task.source.labels, device=dev)
-        src_d = torch.as_tensor(task.source.domains, device=dev)
-        tgt_d = torch.as_tensor(task.target.domains, device=dev)
-
+        st = TrainState(learner, src_test, tgt_test, zs, zero_shot, pseudo_stats, train_idx, val_idx)
         params = [p for p in learner.parameters() if p.requires_grad]
-        history: list[dict] = []
-        state = {"epoch": 0, "best": None}
-        if not params:  # manual prompt: nothing to learn, evaluate the zero-shot classifier
-            text = _normalized_text(learner, tc.text_chunk).detach()
-            ms, _ = self._evaluate(text, tgt_test)
-            rec = {"epoch": 0, **_headline(ms, task.metric)}
-            return TrainResult(learner, [rec], rec, zero_shot, {"criterion": "last", "epoch": 0, **rec},
-                               {"epoch": 0, **rec}, pseudo_stats, ms)
+        if not params:  # manual prompt: nothing to learn, finish() evaluates the zero-shot classifier
+            return st
 
-        opt = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        st.opt = torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        st.iters = max(1, len(train_idx) // tc.batch_source)
+        total, ratio = st.iters * tc.epochs, tc.warmup_lr / tc.lr
+        st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda s: lr_factor(s, total, tc.warmup_iters, ratio))
+        st.start = self._maybe_resume(resume, st)
+        st.use_tgt = cfg.pseudo.enabled and len(task.target) > 0
+        st.step = TrainStep(learner, st.opt, self.scale, tc.loss, tc.text_chunk, src_views,
+                            torch.as_tensor(task.source.labels, device=dev),
+                            torch.as_tensor(task.source.domains, device=dev), tgt_views,
+                            torch.as_tensor(task.target.domains, device=dev), zs_text, cfg.tau,
+                            torch.as_tensor(task.target.labels, device=dev), st.sched)
+        return st
+
+    def epoch(self, st: TrainState, epoch: int, on_step: Callable[[], None] | None = None) -> dict:
+        """One pass over the source images (the target side cycles), then evaluation, selection, checkpoint."""
+        tc, n_tgt = self.cfg.train, len(self.task.target)
         bs, bt = tc.batch_source, tc.batch_target
-        iters = max(1, len(train_idx) // bs)
-        total = iters * tc.epochs
-        ratio = tc.warmup_lr / tc.lr
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total, tc.warmup_iters, ratio))
-        start = self._maybe_resume(resume, learner, opt, sched, history, state)
-        use_tgt = cfg.pseudo.enabled and len(task.target) > 0
+        gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)  # (seed, epoch) alone: bit-equal resume
+        order = st.train_idx[torch.randperm(len(st.train_idx), generator=gen)]
+        torder = torch.randperm(n_tgt, generator=gen) if st.use_tgt else None
+        sums = dict.fromkeys(("loss", "loss_source", "loss_target", "pl_pass", "pl_correct", "pl_seen"), 0.0)
+        for it in range(st.iters):
+            ti = None
+            if torder is not None:
+                pos = (it * bt) % len(torder)
+                ti = torder[pos:pos + bt]
+                if len(ti) < bt:  # the target side cycles
+                    ti = torch.cat([ti, torder[:bt - len(ti)]])
+            for k, v in st.step(order[it * bs:(it + 1) * bs], ti, gen).items():
+                sums[k] += v
+            if on_step:
+                on_step()
+        rec = self._end_epoch(epoch, st.learner, sums, st.iters, st.tgt_test, st.src_test, st.val_idx, st.zs, st.opt)
+        st.metrics = rec.pop("_metrics")
+        st.history.append(rec)
+        self._select(rec, st)
+        if self.on_epoch:
+            self.on_epoch(dict(rec))
+        last = epoch + 1 == tc.epochs
+        if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or last):
+            self._checkpoint(epoch + 1, st)
+        return rec
 
-        bar = tqdm(total=total, initial=start * iters, desc=f"train {'+'.join(task.domains)}", unit="it",
-                   disable=None if self.progress else True)
-        ms: dict[str, Metrics] = {}
-        for epoch in range(start, tc.epochs):
-            gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)
-            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            torder = torch.randperm(len(task.target), generator=gen) if use_tgt else None
-            sums = {"loss": 0.0, "loss_source": 0.0, "loss_target": 0.0, "pl_pass": 0.0, "pl_correct": 0.0,
-                    "pl_seen": 0.0}
-            for it in range(iters):
-                si = order[it * bs:(it + 1) * bs]
-                src_f = F.normalize(src_views(si, gen), dim=-1)
-                kw = {}
-                if use_tgt:
-                    pos = (it * bt) % len(torder)
-                    ti = torder[pos:pos + bt]
-                    if len(ti) < bt:  # the target side cycles
-                        ti = torch.cat([ti, torder[:bt - len(ti)]])
-                    tgt_raw = tgt_views(ti, gen)
-                    pl = pseudo_label(tgt_raw, zs_text, self.scale, cfg.tau)
-                    kw = {"tgt_img": F.normalize(tgt_raw, dim=-1), "tgt_dom": tgt_d[ti.to(dev)],
-                          "tgt_pl": pl.labels, "tgt_mask": pl.mask}
-                    ty = torch.as_tensor(task.target.labels[ti.numpy()], device=dev)
-                    sums["pl_pass"] += float(pl.mask.sum())
-                    sums["pl_seen"] += len(ti)
-                    sums["pl_correct"] += float(((pl.labels == ty) & pl.mask & (ty >= 0)).sum())
-                text = _normalized_text(learner, tc.text_chunk)
-                loss, parts = dapl_loss(text, self.scale, src_f, src_d[si.to(dev)], src_y[si.to(dev)],
-                                        kind=tc.loss, **kw)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                sums["loss"] += float(loss.detach())
-                sums["loss_source"] += float(parts["loss_source"])
-                sums["loss_target"] += float(parts["loss_target"])
-                bar.update(1)
-            rec = self._end_epoch(epoch, learner, sums, iters, tgt_test, src_test, val_idx, zs, opt)
-            ms = rec.pop("_metrics")
-            history.append(rec)
-            self._select(rec, learner, state)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('target_acc', float('nan')):.1f}")
-            if self.on_epoch:
-                self.on_epoch(dict(rec))
-            last = epoch + 1 == tc.epochs
-            if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or last):
-                self._checkpoint(epoch + 1, learner, opt, sched, history, state)
-        bar.close()
-        if not ms:
-            ms, _ = self._evaluate(_normalized_text(learner, tc.text_chunk).detach(), tgt_test)
+    def finish(self, st: TrainState) -> TrainResult:
+        """The reported numbers: last epoch, the label-free selection, the oracle (labelled as such)."""
+        learner, tc = st.learner, self.cfg.train
+        if st.step is None:  # the manual prompt
+            ms, _ = self._evaluate(_normalized_text(learner, tc.text_chunk).detach(), st.tgt_test)
+            rec = {"epoch": 0, **_headline(ms, self.task.metric)}
+            return TrainResult(learner, [rec], rec, st.zero_shot, {"criterion": "last", "epoch": 0, **rec},
+                               {"epoch": 0, **rec}, st.pseudo, ms)
+        ms = st.metrics or self._evaluate(_normalized_text(learner, tc.text_chunk).detach(), st.tgt_test)[0]
+        history = st.history
         final = history[-1] if history else {}
         oracle = max(history, key=lambda r: r.get("target_metric", -1.0)) if history else {}
-        best = state["best"] or {"epoch": final.get("epoch"), "score": None, "record": final}
-        selection = {"criterion": cfg.eval.selection, "epoch": best["epoch"], **best["record"]}
-        return TrainResult(learner, history, final, zero_shot, selection,
+        best = st.best or {"epoch": final.get("epoch"), "score": None, "record": final}
+        selection = {"criterion": self.cfg.eval.selection, "epoch": best["epoch"], **best["record"]}
+        return TrainResult(learner, history, final, st.zero_shot, selection,
                            {"epoch": oracle.get("epoch"), "label": "oracle (selected with target labels)",
                             **{k: v for k, v in oracle.items() if k.startswith("target")}},
-                           pseudo_stats, ms)
+                           st.pseudo, ms)
 
     @torch.no_grad()
     def _end_epoch(self, epoch: int, learner: PromptLearner, sums: dict, iters: int, tgt_test: torch.Tensor,
@@ -303,7 +376,7 @@ class Trainer:
         rec["_metrics"] = ms
         return rec
 
-    def _select(self, rec: dict, learner: PromptLearner, state: dict) -> None:
+    def _select(self, rec: dict, st: TrainState) -> None:
         crit = self.cfg.eval.selection
         if crit == "last":
             return
@@ -311,10 +384,9 @@ class Trainer:
         if key not in rec:
             return
         score = sign * rec[key]
-        best = state["best"]
-        if best is None or score > best["score"]:
-            state["best"] = {"epoch": rec["epoch"], "score": score, "record": dict(rec),
-                             "context": copy.deepcopy(learner.context_tensors())}
+        if st.best is None or score > st.best["score"]:
+            st.best = {"epoch": rec["epoch"], "score": score, "record": dict(rec),
+                       "context": copy.deepcopy(st.learner.context_tensors())}
 
     # checkpoints ----------------------------------------------------------------------------------------
     def _run_identity(self) -> str:
@@ -325,16 +397,16 @@ class Trainer:
                  t.target.fingerprint(), t.target_test.fingerprint() if t.target_test is not None else ""]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
-    def _checkpoint(self, epoch: int, learner, opt, sched, history, state) -> None:
+    def _checkpoint(self, epoch: int, st: TrainState) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / CHECKPOINT
         tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
         torch.save({"epoch": epoch, "digest": self._run_identity(),
-                    "context": learner.context_tensors(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "history": history, "best": state["best"]}, tmp)
+                    "context": st.learner.context_tensors(), "optimizer": st.opt.state_dict(),
+                    "scheduler": st.sched.state_dict(), "history": st.history, "best": st.best}, tmp)
         os.replace(tmp, path)
 
-    def _maybe_resume(self, resume: bool, learner, opt, sched, history: list, state: dict) -> int:
+    def _maybe_resume(self, resume: bool, st: TrainState) -> int:
         path = self.out / CHECKPOINT
         if not path.exists():
             return 0
@@ -346,11 +418,11 @@ class Trainer:
                                f"files differ); use another output_dir, or delete the checkpoint to start over")
         if not resume:
             return 0
-        learner.load_context(ck["context"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        history.extend(ck["history"])
-        state["best"] = ck["best"]
+        st.learner.load_context(ck["context"])
+        st.opt.load_state_dict(ck["optimizer"])
+        st.sched.load_state_dict(ck["scheduler"])
+        st.history.extend(ck["history"])
+        st.best = ck["best"]
         return int(ck["epoch"])
 
 

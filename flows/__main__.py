@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dapl.config import parse_set_args
 from flows import runners
 
 DEPLOYMENTS = {
@@ -21,22 +22,12 @@ DEPLOYMENTS = {
 }
 
 
-def parse_value(text: str) -> Any:
-    """JSON when it parses (``[1,2]``, ``3``, ``{"train.lr": 0.01}``, ``null``), else the plain string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_params(items: list[str]) -> dict[str, Any]:
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise SystemExit(f"--param expects key=value, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = parse_value(v)
-    return out
+    """``-p key=value`` items, values parsed as YAML (so JSON too): the same parser as ``dapl --set``."""
+    try:
+        return parse_set_args(items)
+    except ValueError as e:
+        raise SystemExit(f"-p: {e}") from None
 
 
 def _check_tracking(params: dict[str, Any]) -> None:
@@ -86,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the flow once, here")
     r.add_argument("kind", choices=list(DEPLOYMENTS))
     r.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
-                   help="flow parameter, value as JSON: -p seeds=[1,2] -p epochs=5 -p 'overrides={\"train.lr\":0.01}'")
+                   help="flow parameter (YAML/JSON value): -p seeds=[1,2] -p epochs=5 "
+                        "-p 'overrides={\"train.lr\":0.01}'")
     r.add_argument("--params-file", help="JSON file of flow parameters (-p wins)")
     r.add_argument("--out", help="write the flow's result (table, files, MLflow ids) as JSON")
     r.set_defaults(fn=cmd_run)

@@ -17,10 +17,11 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from dapl.benchmark import config_for
+from dapl.paths import TOY_CHECKPOINT, file_sha256
+from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
 from flows import plan, runners
 from tasks import evaluate, extract_features, fetch, index, summarise, toy_pretrain, tracking, train_prompts, zero_shot
-from tasks.common import PROJECT_ROOT, code_version, file_sha256, results_dir
+from tasks.common import code_version, results_dir
 
 
 def _weights_identity(cfg) -> str:
@@ -30,10 +31,10 @@ def _weights_identity(cfg) -> str:
     return str(pre)
 
 
-def _finished(cfg, spec, rdir: Path) -> bool:
+def _finished(run) -> bool:
     """A cached training counts only while its outputs exist: a deleted runs folder is trained again (resuming
     from any checkpoint that is left)."""
-    return (Path(config_for(cfg, spec, rdir).output_dir) / "metrics.json").is_file()
+    return (Path(run.config.output_dir) / "metrics.json").is_file()
 
 
 def _prepare(t, refresh: bool):
@@ -44,7 +45,7 @@ def _prepare(t, refresh: bool):
 @flow(name="dapl", log_prints=True, task_runner=runners.task_runner())
 def dapl(
     kind: str = "full-benchmark",
-    dataset: str = "toy",
+    dataset: str | None = None,
     root: str | None = None,
     backbone: str | None = None,
     weights: str | None = None,
@@ -54,6 +55,7 @@ def dapl(
     pairs: list[str] | None = None,
     methods: list[str] | None = None,
     pair: str | None = None,
+    settings: list[str] | None = None,
     m1m2: list[str] | None = None,
     taus: list[float] | None = None,
     overrides: dict[str, Any] | None = None,
@@ -67,20 +69,25 @@ def dapl(
 ) -> dict:
     """DAPL benchmark (every pair × zero-shot/source-only/DAPL × seeds) or ablations (prompt settings, M1×M2, τ).
 
+    Every default lives in ``dapl.plan`` (shared with ``dapl benchmark``/``dapl ablations`` and ``dvc repro``).
+
     Args:
         kind: "full-benchmark" or "ablations".
-        dataset: toy, office_home, visda2017, domainnet, mini_domainnet, office31 or folder.
+        dataset: toy, office_home, visda2017, domainnet, mini_domainnet, office31 or folder (default: the
+            config's data.dataset, else toy). Its registry recipe is applied above the preset.
         root: dataset folder (default data/<dataset>).
         backbone: open_clip model name (default toy-clip); weights: a file or tag (default: the shipped toy
             checkpoint for toy-clip, else "openai").
-        preset: "paper" (default) or "official"; config: a YAML config (e.g. params.yaml) to start from.
+        preset: "paper" (default) or "official"; config: a YAML config (e.g. params.yaml) to start from; paths in
+            it are relative to its own folder.
         seeds: training seeds (default [1]); epochs: overrides train.epochs.
-        pairs: benchmark pairs as "source->target" (default: every ordered pair, or the dataset's tasks);
+        pairs: "source->target" pairs (default: the dataset's pairs; ablations: data.source->data.target);
             methods: default zero_shot, source_only, dapl.
-        pair, m1m2, taus: the ablation pair (default data.source->data.target), M1xM2 grid ("8x8"), τ grid.
+        pair, settings, m1m2, taus: the ablation pair, prompt settings (default all five), M1xM2 grid ("8x8";
+            default {4,8,16}x{4,8,16}), τ grid (default 0.4-0.7).
         overrides: dotted config overrides, e.g. {"train.lr": 0.002, "features.views": 4}.
         sources: local archives/folders for fetching a real dataset; toy: toy world {seed, images_per_class, size}.
-        workdir: base of relative paths, runs/, artifacts/, cache/ (default: the project folder).
+        workdir: base of relative arguments, runs/, artifacts/, cache/ (default: the project folder).
         tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db).
         refresh: ignore cached task results and recompute (a finished training is re-read from its final
             checkpoint; delete its runs folder to train it again from scratch).
@@ -94,8 +101,11 @@ def dapl(
     if swept:
         log.warning("marked %d MLflow run(s) of killed processes FAILED: %s", len(swept), ", ".join(swept))
 
-    wd = Path(workdir or PROJECT_ROOT).absolute()
-    cfg = plan.base_config(dataset, root, backbone, weights, preset, epochs, overrides, config, wd)
+    req = plan.from_params(kind=kind, dataset=dataset, root=root, backbone=backbone, weights=weights, preset=preset,
+                           seeds=seeds, epochs=epochs, pairs=pairs, methods=methods, pair=pair, settings=settings,
+                           m1m2=m1m2, taus=taus, overrides=overrides, config=config, workdir=workdir)
+    cfg, sweep = req.config, req.sweep
+    log.info(format_recipe(cfg))
     data_root, manifest = str(cfg.data.root), str(cfg.data.manifest)
 
     _prepare(fetch, refresh)(cfg.data.dataset, data_root, sources, toy)
@@ -103,40 +113,42 @@ def dapl(
     if not Path(idx["manifest"]).is_file():  # a cached result whose file was deleted since
         idx = _prepare(index, True)(cfg.data.dataset, data_root, manifest)
     pre = cfg.model.pretrained
-    if cfg.model.name == "toy-clip" and pre and pre.endswith(".pt") and not Path(pre).is_file():
+    if pre and Path(pre) == TOY_CHECKPOINT and not Path(pre).is_file():  # only the toy checkpoint is made here
         _prepare(toy_pretrain, refresh)(pre, None)
         if not Path(pre).is_file():  # cached, but the file was deleted since
             _prepare(toy_pretrain, True)(pre, None)
     weights_sha = _weights_identity(cfg)
     msha = idx["sha256"]
 
-    specs = plan.plan_runs(kind, cfg, idx["domains"], seeds or [1], pairs, methods, pair, m1m2, taus)
-    rdir = plan.runs_dir(kind, cfg, wd)
+    rdir, runs = req.runs_dir, req.runs(idx["domains"])
     this_run = str(flow_run.id or "")
     data_tags = tracking.data_tags(data_root, msha)
     tags = {"kind": kind, "dataset": cfg.data.dataset, "code_version": code_version(), **data_tags}
     parent = tracking.start_run(uri, exp_id, f"{kind} {cfg.data.dataset}", {
-        **tags, "prefect.flow_run_id": this_run, "pairs": ", ".join(p for p in dict.fromkeys(s.pair for s in specs)),
-        "runs_dir": str(rdir)})
-    tracking.log_params(uri, parent, {**cfg.flat(), "flow.kind": kind, "flow.seeds": seeds or [1],
-                                      "flow.methods": methods, "flow.pairs": pairs, "flow.pair": pair,
-                                      "flow.m1m2": m1m2, "flow.taus": taus, "flow.runs": len(specs)})
+        **tags, "prefect.flow_run_id": this_run, "pairs": ", ".join(f"{s}->{t}" for s, t in pairs_of(runs)),
+        "runs_dir": str(rdir), "recipe": format_recipe(cfg)})
+    tracking.log_params(uri, parent, {**cfg.flat(), **{f"recipe.{k}": v for k, v in recipe(cfg).items()},
+                                      "flow.kind": kind, "flow.seeds": list(sweep.seeds),
+                                      "flow.methods": list(sweep.methods), "flow.pairs": pairs, "flow.pair": pair,
+                                      "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
+                                      "flow.taus": list(sweep.taus), "flow.runs": len(runs)})
     track = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags}
-    log.info("%s on %s: %d runs in %s; MLflow parent run %s (%s)", kind, cfg.data.dataset, len(specs), rdir,
+    log.info("%s on %s: %d runs in %s; MLflow parent run %s (%s)", kind, cfg.data.dataset, len(runs), rdir,
              parent, uri)
     try:
         common = {"manifest": manifest, "manifest_sha": msha, "weights_sha": weights_sha}
-        feats = [_prepare(extract_features, refresh).submit(plan.for_pair(cfg, a, b).to_dict(), **common)
-                 for a, b in plan.feature_groups(specs)]
-        zs = {p: _prepare(zero_shot, refresh).submit(plan.for_pair(cfg, *p).to_dict(), **common, wait_for=feats)
-              for p in plan.pairs_of(specs)}
-        trains = [_prepare(train_prompts, refresh or not _finished(cfg, s, rdir)).submit(
-                      cfg.to_dict(), dataclasses.asdict(s), str(rdir), track=track, wait_for=[zs[(s.source, s.target)]],
-                      **common)
-                  for s in specs]
+        with runners.worker_env(uri):  # Dask workers start at the first submission: they inherit the flow's API
+            feats = [_prepare(extract_features, refresh).submit(for_pair(cfg, a, b).to_dict(), **common)
+                     for a, b in feature_groups(runs)]
+        zs = {p: _prepare(zero_shot, refresh).submit(for_pair(cfg, *p).to_dict(), **common, wait_for=feats)
+              for p in pairs_of(runs)}
+        trains = [_prepare(train_prompts, refresh or not _finished(r)).submit(
+                      r.config.to_dict(), dataclasses.asdict(r.spec), track=track,
+                      wait_for=[zs[(r.spec.source, r.spec.target)]], **common)
+                  for r in runs]
         evals = [_prepare(evaluate, refresh).submit(t, track) for t in trains]
         wait(evals)
-        failed = [f"{s.pair} {s.method} seed{s.seed}" for s, e in zip(specs, evals, strict=True)
+        failed = [f"{r.spec.pair} {r.spec.label} seed{r.spec.seed}" for r, e in zip(runs, evals, strict=True)
                   if not e.state.is_completed()]  # failed, crashed, or not run (NotReady: upstream failed)
         rows = [e.result() for e in evals if e.state.is_completed()]
         for r in rows:
@@ -144,18 +156,19 @@ def dapl(
         zres = [z.result() for z in zs.values() if z.state.is_completed()]
         if not rows:
             raise RuntimeError(f"every run failed: {failed}")
-        summary = summarise(kind, rows, zres, str(rdir), track)
+        summary = summarise(sweep.kind, rows, zres, str(rdir), track)
         cached = sum(1 for r in rows if r["cached"])
         tracking.set_tags(uri, parent, {"runs_failed": len(failed), "orphans_marked_failed": len(swept)})
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(specs)} runs failed: {', '.join(failed)}")
+            raise RuntimeError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
         tracking.end_run(uri, parent, "FINISHED")
     except BaseException:
         tracking.end_run(uri, parent, "FAILED")
         raise
     print(f"\n{kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
-          f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n")
+          f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
     print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
-    return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "files": summary["files"],
+    return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
+            "files": summary["files"],
             "plots": summary["plots"], "parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
             "runs": len(rows), "cached": cached, "orphans_marked_failed": swept}

@@ -7,7 +7,9 @@ process that imports the flow from its entrypoint: ``DAPL_TASK_RUNNER=dask`` set
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -26,7 +28,7 @@ def configure(runner: str | None = None, workers: int | None = None, address: st
         os.environ[ADDRESS_ENV] = address
         os.environ[RUNNER_ENV] = "dask"
     path = os.environ.get("PYTHONPATH", "")
-    if str(PROJECT_ROOT) not in path.split(os.pathsep):  # Dask worker processes must import tasks/ and flows/
+    if str(PROJECT_ROOT) not in path.split(os.pathsep):  # a checkout whose tasks/flows are not installed
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), path) if p)
 
 
@@ -46,3 +48,39 @@ def task_runner():
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
                                           "host": "127.0.0.1", "dashboard_address": None})
+
+
+def flow_api_url() -> str | None:
+    """The Prefect API this flow run talks to (a served one, or the ephemeral server this process started)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(ctx, "client", None) if ctx else None
+    url = getattr(client, "api_url", None)
+    return str(url) if url else None
+
+
+@contextlib.contextmanager
+def worker_env(tracking_uri: str | None = None) -> Iterator[None]:
+    """Environment that worker processes started inside this block inherit: the flow's Prefect API (so a Dask
+    worker reports to it instead of starting its own temporary server) and the MLflow URI the flow resolved.
+
+    ``DaskTaskRunner`` starts its LocalCluster at the first submission, so the flow wraps its first submissions
+    in this block; the flow process's own environment is restored afterwards. Workers of a remote scheduler
+    (``--dask-address``) cannot reach an ephemeral API on 127.0.0.1: serve one (scripts/serve.sh) and set
+    ``PREFECT_API_URL`` on those workers.
+    """
+    api = flow_api_url() if os.environ.get(RUNNER_ENV, "thread").lower() == "dask" else None
+    values = {"PREFECT_API_URL": api, "MLFLOW_TRACKING_URI": tracking_uri}
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v and not os.environ.get(k):
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

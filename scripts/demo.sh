@@ -13,7 +13,6 @@ cd "$ROOT"
 t0=$(date +%s)
 bash scripts/setup.sh
 source scripts/env.sh
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 WORKDIR="${DEMO_WORKDIR:-$ROOT}"
 WEIGHTS="${DEMO_WEIGHTS:-$ROOT/dapl/assets/toy-clip.pt}"
 SEEDS="${DEMO_SEEDS:-[1]}" WORKERS="${DEMO_WORKERS:-2}"
@@ -51,6 +50,7 @@ for kind in ("full-benchmark", "ablations"):
     r = json.loads((d / f"{kind}.json").read_text())
     print(f"\n## {kind} (toy world; target accuracy %, last epoch; {r['runs']} runs, {r['cached']} from cache)\n")
     print(r["table"])
+    print("\nrecipe: " + ", ".join(f"{k}={v}" for k, v in r["recipe"].items()))
     print(f"\ntables/plots: {r['runs_dir']}   MLflow parent run: {r['parent_run_id']}")
 print(f"\nMLflow store: {r['tracking_uri']}")
 PY

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check (CI): start the Prefect server, serve the deployments, run
-# `prefect deployment run dapl/full-benchmark` with tiny parameters, wait for Completed, check the MLflow runs,
-# stop everything and assert that no process is left. Scratch state in .prefect/e2e/ (removed first).
+# `prefect deployment run dapl/full-benchmark` with tiny parameters, wait for Completed, check the MLflow runs
+# (tests/test_pipeline_checks.py), stop everything and assert that no process is left. Scratch state in .prefect/e2e/ (removed first).
 #   E2E_WEIGHTS=/path/to/toy-clip.pt   weights to use (default dapl/assets/toy-clip.pt)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -34,20 +34,10 @@ echo "== prefect deployment run dapl/full-benchmark (tiny parameters)"
 tail -1 "$E2E/deployment-run.log"
 grep -q "Flow run finished successfully in 'Completed'" "$E2E/deployment-run.log"
 
-echo "== MLflow: one finished parent run with 6 finished nested runs"
-.venv/bin/python - "$E2E/mlflow.db" <<'PY'
-import sys
-from mlflow import MlflowClient
-c = MlflowClient(f"sqlite:///{sys.argv[1]}")
-exp = c.get_experiment_by_name("dapl")
-runs = list(c.search_runs([exp.experiment_id], max_results=100))
-parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-kids = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-assert len(parents) == 1 and parents[0].info.status == "FINISHED", [(r.info.run_name, r.info.status) for r in parents]
-assert len(kids) == 6 and all(r.info.status == "FINISHED" for r in kids), [(r.info.run_name, r.info.status) for r in kids]
-print("ok:", parents[0].info.run_name, "with", ", ".join(sorted(r.info.run_name for r in kids)))
-PY
-cat "$E2E"/runs/full-benchmark/*/full-benchmark_table.md
+echo "== checks (tests/test_pipeline_checks.py): one finished parent run with 6 finished nested runs"
+DAPL_CHECK=e2e DAPL_CHECK_DIR="$E2E" .venv/bin/python -m pytest -q -p no:cacheprovider \
+  tests/test_pipeline_checks.py -k e2e -rs
+cat "$E2E"/runs/benchmark/*/benchmark_table.md
 
 echo "== stop everything"
 pgids="$(cat "$RUN_DIR/prefect-server.pid") $(cat "$RUN_DIR/prefect-serve.pid")"

@@ -12,7 +12,6 @@ source scripts/env.sh
 source scripts/_procs.sh
 PORT="${DAPL_PREFECT_PORT:-4200}"
 API="http://127.0.0.1:$PORT/api"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if is_running prefect-server; then
   echo "Prefect server already running (pid $(cat "$RUN_DIR/prefect-server.pid"))"

@@ -18,8 +18,8 @@ from typing import Any
 
 import dapl
 from dapl.config import DaplConfig
+from dapl.paths import PROJECT_ROOT, file_sha256  # noqa: F401  (re-exported: the project's one file hash)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DAPL_SOURCES = Path(dapl.__file__).resolve().parent
 
 
@@ -43,21 +43,6 @@ def code_version() -> str:
 def stable_hash(obj: Any) -> str:
     """sha256 of a JSON rendering (sorted keys; paths and other objects as strings)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=64)
-def _file_sha(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a file (memoised on path, size and mtime)."""
-    st = Path(path).stat()
-    return _file_sha(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def files_sha256(paths: Iterable[str | Path]) -> str:

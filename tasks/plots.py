@@ -50,18 +50,17 @@ def per_class_png(per_class_csv: Path, out: Path, title: str = "") -> Path:
     return _save(fig, out)
 
 
-def _kind(rows: pl.DataFrame, prefix: str) -> pl.DataFrame:
-    sel = rows.filter(pl.col("method").str.starts_with(prefix))
-    return sel.with_columns(pl.col("method").str.slice(len(prefix)).alias("arg"))
+def _axis(rows: pl.DataFrame, axis: str) -> pl.DataFrame:
+    """The runs of one sweep axis (typed columns ``setting``, ``m1``, ``m2``, ``tau`` carry the values)."""
+    return rows.filter(pl.col("axis") == axis) if "axis" in rows.columns else rows.clear()
 
 
 def tau_png(rows: pl.DataFrame, out: Path) -> Path | None:
-    """Target accuracy and pseudo-label coverage vs τ (mean over seeds)."""
-    d = _kind(rows, "tau:")
+    """Accuracy and pseudo-label coverage against the threshold τ."""
+    d = _axis(rows, "tau")
     if d.is_empty():
         return None
-    d = (d.with_columns(pl.col("arg").cast(pl.Float64).alias("tau")).group_by("tau")
-         .agg(pl.col("accuracy").mean(), pl.col("pl_coverage").mean()).sort("tau"))
+    d = d.group_by("tau").agg(pl.col("accuracy").mean(), pl.col("pl_coverage").mean()).sort("tau")
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     (a,) = ax.plot(d["tau"], d["accuracy"], "o-", label="target accuracy")
     ax.set_xlabel("pseudo-label threshold τ")
@@ -77,11 +76,9 @@ def tau_png(rows: pl.DataFrame, out: Path) -> Path | None:
 
 def m1m2_png(rows: pl.DataFrame, out: Path) -> Path | None:
     """Heatmap of target accuracy over the M1 (domain-agnostic) × M2 (domain-specific) grid."""
-    d = _kind(rows, "m1m2:")
+    d = _axis(rows, "m1m2")
     if d.is_empty():
         return None
-    d = d.with_columns(pl.col("arg").str.split("x").list.get(0).cast(pl.Int64).alias("m1"),
-                       pl.col("arg").str.split("x").list.get(1).cast(pl.Int64).alias("m2"))
     d = d.group_by(["m1", "m2"]).agg(pl.col("accuracy").mean())
     m1s, m2s = sorted(d["m1"].unique().to_list()), sorted(d["m2"].unique().to_list())
     grid = np.full((len(m1s), len(m2s)), np.nan)
@@ -104,11 +101,12 @@ def m1m2_png(rows: pl.DataFrame, out: Path) -> Path | None:
 
 def settings_png(rows: pl.DataFrame, out: Path) -> Path | None:
     """Bars for the five prompt settings of the paper's ablation (mean ± std over seeds)."""
-    d = _kind(rows, "setting:")
+    d = _axis(rows, "setting")
     if d.is_empty():
         return None
     order = ["manual", "unified", "class_specific", "unified_domain", "class_specific_domain"]
-    d = d.group_by("arg").agg(pl.col("accuracy").mean().alias("mean"), pl.col("accuracy").std().alias("std"))
+    d = d.rename({"setting": "arg"}).group_by("arg").agg(pl.col("accuracy").mean().alias("mean"),
+                                                         pl.col("accuracy").std().alias("std"))
     d = d.sort(pl.col("arg").replace_strict({k: i for i, k in enumerate(order)}, default=len(order)))
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     ax.bar(range(len(d)), d["mean"].to_list(), yerr=[v or 0 for v in d["std"].to_list()], capsize=3)
@@ -120,7 +118,7 @@ def settings_png(rows: pl.DataFrame, out: Path) -> Path | None:
 
 def benchmark_png(rows: pl.DataFrame, out: Path) -> Path | None:
     """Grouped bars: one group per pair, one bar per method (mean over seeds)."""
-    methods = [m for m in dict.fromkeys(rows["method"].to_list()) if ":" not in m]
+    methods = list(dict.fromkeys(_axis(rows, "method")["method"].to_list()))
     if not methods:
         return None
     d = rows.filter(pl.col("method").is_in(methods)).group_by(["pair", "method"]).agg(pl.col("accuracy").mean())

@@ -9,33 +9,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from dapl.benchmark import format_table, results_table, seed_table
+from dapl.benchmark import write_tables
 from tasks import plots, tracking
 
-ROW_COLUMNS = ("pair", "source", "target", "method", "seed", "accuracy", "zero_shot", "pl_coverage", "pl_accuracy",
-               "output_dir", "run_id", "resumed_from_epoch", "flow_run_id")
+EXTRA_COLUMNS = ("run_id", "resumed_from_epoch", "flow_run_id")
 
 
 @task(name="summarise", cache_policy=NO_CACHE, persist_result=False)
 def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str, track: dict | None = None) -> dict:
     """Write ``<kind>_table.{md,csv}``, ``<kind>_runs.csv``, ``<kind>_seeds.csv``, pseudo-label stats and PNGs."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = pl.DataFrame([{k: r.get(k) for k in ROW_COLUMNS} for r in rows],
-                      schema_overrides={"accuracy": pl.Float64, "zero_shot": pl.Float64, "pl_coverage": pl.Float64,
-                                        "pl_accuracy": pl.Float64, "run_id": pl.Utf8})
-    table = results_table(df.to_dicts())
-    md = format_table(table)
-    files = {
-        "table_md": out / f"{kind}_table.md",
-        "table_csv": out / f"{kind}_table.csv",
-        "runs_csv": out / f"{kind}_runs.csv",
-        "seeds_csv": out / f"{kind}_seeds.csv",
-    }
-    files["table_md"].write_text(md + "\n")
-    table.write_csv(files["table_csv"])
-    df.write_csv(files["runs_csv"])
-    seed_table(df.to_dicts()).write_csv(files["seeds_csv"])
+    md, files, df, table = write_tables(rows, out, kind, EXTRA_COLUMNS)
     if zero_shots:
         files["pseudo_csv"] = out / f"{kind}_pseudo_labels.csv"
         cols = ("pair", "tau", "coverage", "pl_accuracy", "target_acc", "target_mean_per_class")

@@ -83,18 +83,26 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts); this kind opens it on
+# its training runs (the runs table, charts, compare), which is what a benchmark and its ablations are.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+    """The experiment's id (created if needed), tagged as a training-runs experiment."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name, artifact_location=artifact_root(uri))
-    except Exception:  # noqa: BLE001 - another process created it first
-        exp = c.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=artifact_root(uri), tags=EXPERIMENT_KIND)
+        except Exception:  # noqa: BLE001 - another process created it first
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    for k, v in EXPERIMENT_KIND.items():
+        if exp.tags.get(k) != v:  # an experiment made before the tag existed
+            c.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
 
 
 # -- tags ------------------------------------------------------------------------------------------------

@@ -15,12 +15,13 @@ import polars as pl
 from prefect import task
 from prefect.logging import get_run_logger
 
-from dapl.benchmark import RunSpec, config_for, run_one
+from dapl.benchmark import run_one
 from dapl.config import DaplConfig
+from dapl.plan import Run, RunSpec
 from tasks import plots, tracking
 from tasks.common import clip_bundle, key_fn, load_manifest, run_context
 
-ALL_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
+ALL_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data", "output_dir")
 EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
                  "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss")
 
@@ -39,32 +40,33 @@ def checkpoint_epoch(output_dir: str | Path) -> int:
 
 
 def run_name(spec: RunSpec) -> str:
-    return f"{spec.pair} {spec.method} seed{spec.seed}"
+    return f"{spec.pair} {spec.label} seed{spec.seed}"
 
 
-@task(name="train-prompts", cache_key_fn=key_fn(ALL_SECTIONS, ("spec", "runs_dir", "manifest_sha", "weights_sha")),
+@task(name="train-prompts", cache_key_fn=key_fn(ALL_SECTIONS, ("spec", "manifest_sha", "weights_sha")),
       persist_result=True)
-def train_prompts(cfg: dict, spec: dict, runs_dir: str, manifest: str, manifest_sha: str, weights_sha: str,
+def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weights_sha: str,
                   track: dict | None = None) -> dict:
-    """Train (or evaluate, for the manual prompt) one run; returns its results-table row.
+    """Train (or evaluate, for the manual prompt) one planned run; returns its results-table row.
 
-    ``track`` = {uri, experiment_id, parent_run_id, tags}: where the nested MLflow run goes (not in the cache key).
+    ``cfg`` is the run's own config (``dapl.plan.plan_runs`` resolved it). ``track`` = {uri, experiment_id,
+    parent_run_id, tags}: where the nested MLflow run goes (not in the cache key).
     """
     log = get_run_logger()
-    base = DaplConfig.model_validate(cfg)
-    rs = RunSpec(**spec)
-    run_cfg = config_for(base, rs, runs_dir)
+    run = Run(RunSpec(**spec), DaplConfig.model_validate(cfg))
+    rs, run_cfg = run.spec, run.config
     start = checkpoint_epoch(run_cfg.output_dir)
     if start:
         log.info("%s: resuming from the epoch-%d checkpoint in %s", run_name(rs), start, run_cfg.output_dir)
     run_id = None
     uri = (track or {}).get("uri")
     if track:
-        tags = {**track.get("tags", {}), "pair": rs.pair, "method": rs.method, "seed": rs.seed,
-                "setting": run_cfg.prompt.setting.value, "prefect.task_run_id": run_context()["task_run_id"],
+        axes = run.axes()
+        tags = {**track.get("tags", {}), "pair": rs.pair, "method": rs.label, "seed": rs.seed,
+                "setting": axes["sweep.setting"], "prefect.task_run_id": run_context()["task_run_id"],
                 "prefect.flow_run_id": run_context()["flow_run_id"], "dapl.resumed_from_epoch": start}
         run_id = tracking.start_run(uri, track["experiment_id"], run_name(rs), tags, track.get("parent_run_id"))
-        tracking.log_params(uri, run_id, run_cfg.flat())
+        tracking.log_params(uri, run_id, {**run_cfg.flat(), **axes})
     logged: set[int] = set()
 
     def on_epoch(rec: dict) -> None:
@@ -73,8 +75,8 @@ def train_prompts(cfg: dict, spec: dict, runs_dir: str, manifest: str, manifest_
         logged.add(int(rec["epoch"]))
 
     try:
-        row = run_one(base, rs, runs_dir, bundle=clip_bundle(base),
-                      manifest=load_manifest(manifest, manifest_sha), progress=False, on_epoch=on_epoch)
+        row = run_one(run, bundle=clip_bundle(run_cfg), manifest=load_manifest(manifest, manifest_sha),
+                      progress=False, on_epoch=on_epoch)
         out = Path(run_cfg.output_dir)
         if run_id:
             hist = out / "history.csv"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from dapl.paths import apply_env_defaults  # noqa: E402  (telemetry off, project-local Prefect state)
+
+apply_env_defaults()
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 os.environ.setdefault("DAPL_OFFLINE", "1")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 TINY_TEXT = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}

@@ -26,7 +26,8 @@ from tests.conftest import TINY_CONFIGS  # noqa: E402
 
 EPOCHS = 2
 OVERRIDES = {"features.views": 1, "features.num_workers": 0, "features.batch_size": 64,
-             "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2}
+             "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2,
+             "prompt.init": None}  # the toy recipe's init words are 4 tokens
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,10 @@ def test_benchmark_runs_in_mlflow(env, benchmark):
     # params: the run's whole configuration
     meta = json.loads(Path(c.download_artifacts(run.info.run_id, "prompts/prompts.json")).read_text())
     cfg = DaplConfig.model_validate(meta["config"])
-    assert set(run.data.params) == set(cfg.flat())
+    sweep = {"sweep.method": "dapl", "sweep.axis": "method", "sweep.label": "dapl", "sweep.setting": "unified_domain",
+             "sweep.m1": "2", "sweep.m2": "2", "sweep.tau": "0.5", "sweep.pair": "real->art", "sweep.seed": "1"}
+    assert set(run.data.params) == set(cfg.flat()) | set(sweep)
+    assert {k: run.data.params[k] for k in sweep} == sweep  # the axes, first-class for MLflow's charts
     assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["data.target"] == "['art']"
     # metrics per epoch
     for key in ("loss_source", "loss_target", "pl_coverage", "target_acc", "target_mean_per_class"):
@@ -105,10 +109,10 @@ def test_benchmark_runs_in_mlflow(env, benchmark):
     Image.open(c.download_artifacts(run.info.run_id, "evaluation/per_class.png")).verify()
     assert pl.read_csv(c.download_artifacts(run.info.run_id, "evaluation/per_class.csv")).height == 12
     # the parent holds the results table and the plots
-    table = Path(c.download_artifacts(parent.info.run_id, "results/full-benchmark_table.md")).read_text()
+    table = Path(c.download_artifacts(parent.info.run_id, "results/benchmark_table.md")).read_text()
     assert "dapl" in table and "real->art" in table
     Image.open(c.download_artifacts(parent.info.run_id, "plots/benchmark.png")).verify()
-    assert pl.read_csv(c.download_artifacts(parent.info.run_id, "results/full-benchmark_table.csv")).height == 3
+    assert pl.read_csv(c.download_artifacts(parent.info.run_id, "results/benchmark_table.csv")).height == 3
 
 
 def test_second_call_comes_from_cache(env, benchmark):
@@ -144,4 +148,4 @@ def test_unreachable_mlflow_fails_before_training(env):
     with pytest.raises(TrackingUnavailable, match="not reachable"):
         _run(env, "full-benchmark", pairs=["art->real"], tracking_uri="http://127.0.0.1:9")
     assert time.perf_counter() - t0 < 30
-    assert not any((env["wd"] / "runs" / "full-benchmark").glob("*/art_real"))
+    assert not any((env["wd"] / "runs" / "benchmark").glob("*/art_real"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 
 import pytest
@@ -9,7 +10,9 @@ import pytest
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
+from dapl import cli  # noqa: E402
 from dapl.config import DaplConfig  # noqa: E402
+from dapl.paths import PROJECT_ROOT  # noqa: E402
 from flows import plan  # noqa: E402
 from tasks import tracking  # noqa: E402
 from tasks.common import cache_key, code_version  # noqa: E402
@@ -17,36 +20,39 @@ from tasks.common import cache_key, code_version  # noqa: E402
 TOY_DOMAINS = ["art", "clipart", "product", "real"]
 
 
-def test_benchmark_plan_covers_every_pair_and_encodes_each_domain_once():
-    cfg = DaplConfig()
-    specs = plan.plan_runs("full-benchmark", cfg, TOY_DOMAINS, [1, 2])
-    assert len({s.pair for s in specs}) == 12
-    assert len(specs) == 12 * (1 + 2 + 2)  # zero-shot is deterministic: one seed
-    groups = plan.feature_groups(specs)
-    assert sorted(d for g in groups for d in g) == sorted(TOY_DOMAINS)
-    odd = plan.feature_groups(plan.plan_runs("full-benchmark", cfg, TOY_DOMAINS[:3], [1]))
-    assert {d for g in odd for d in g} == set(TOY_DOMAINS[:3]) and len(odd) == 2
+def _flow_defaults(**params) -> dict:
+    from flows.dapl_flow import dapl
+
+    return {k: p.default for k, p in inspect.signature(dapl.fn).parameters.items()} | params
 
 
-def test_ablation_plan_is_the_papers_grid():
-    specs = plan.plan_runs("ablations", DaplConfig(), TOY_DOMAINS, [1], m1m2=["4x4", "8x16"], taus=[0.4, 0.7])
-    methods = [s.method for s in specs]
-    assert methods[:5] == [f"setting:{x}" for x in ("manual", "unified", "class_specific", "unified_domain",
-                                                     "class_specific_domain")]
-    assert methods[5:] == ["m1m2:4x4", "m1m2:8x16", "tau:0.4", "tau:0.7"]
-    assert {s.pair for s in specs} == {"real->art"}
-    with pytest.raises(ValueError, match="not in toy"):
-        plan.plan_runs("ablations", DaplConfig(), TOY_DOMAINS, [1], pair="real->nowhere")
+@pytest.mark.parametrize("kind,flow_kind", [("benchmark", "full-benchmark"), ("ablations", "ablations")])
+def test_cli_and_flow_plan_identical_runs(kind, flow_kind, monkeypatch):
+    """The deployment with no parameters and `dapl <kind> -c params.yaml` (what the demo and `dvc repro` run):
+    the same runs, the same configs, the same runs folder; and the same again for explicit grids."""
+    monkeypatch.chdir(PROJECT_ROOT)
+    req = plan.from_params(**_flow_defaults(kind=flow_kind))
+    cli_cfg, cli_dir, cli_runs = cli.plan_of(cli.build_parser().parse_args([kind, "-c", "params.yaml"]), TOY_DOMAINS)
+    # the bases differ only in the output_dir that every run replaces
+    assert req.config.with_overrides({"output_dir": "x"}) == cli_cfg.with_overrides({"output_dir": "x"})
+    assert req.runs_dir == cli_dir
+    assert [(r.spec, r.config) for r in req.runs(TOY_DOMAINS)] == [(r.spec, r.config) for r in cli_runs]
+    if kind == "ablations":
+        req = plan.from_params(**_flow_defaults(kind=flow_kind, seeds=[1, 2], pair="art->real", m1m2=["8x4"],
+                                                taus=[0.6], overrides={"train.lr": 0.01}))
+        args = [kind, "--seeds", "1,2", "--pair", "art->real", "--m1m2", "8x4", "--taus", "0.6",
+                "--set", "train.lr=0.01"]
+        cli_cfg, cli_dir, cli_runs = cli.plan_of(cli.build_parser().parse_args(args), TOY_DOMAINS)
+        assert [(r.spec, r.config) for r in req.runs(TOY_DOMAINS)] == [(r.spec, r.config) for r in cli_runs]
+        assert len(cli_runs) == 1 + 4 * 2 + 2 + 2
 
 
-def test_base_config_resolves_paths_and_defaults(tmp_path):
-    cfg = plan.base_config("toy", workdir=tmp_path, epochs=3, overrides={"train.lr": 0.01})
-    assert cfg.model.name == "toy-clip" and cfg.model.pretrained.endswith("dapl/assets/toy-clip.pt")
-    assert cfg.data.root == tmp_path / "data" / "toy"
-    assert cfg.data.manifest == tmp_path / "artifacts" / "manifests" / "toy.parquet"
-    assert cfg.features.cache_dir.is_absolute() and cfg.train.epochs == 3 and cfg.train.lr == 0.01
-    other = plan.base_config("office_home", root="elsewhere/oh", backbone="RN50-quickgelu", workdir=tmp_path)
-    assert other.model.pretrained == "openai" and other.data.manifest.name.startswith("office_home-")
+def test_config_paths_resolve_against_the_file_not_the_workdir(tmp_path):
+    """The flow with config=params.yaml and another workdir reads the project's checkpoint and data."""
+    req = plan.from_params(**_flow_defaults(config=str(PROJECT_ROOT / "params.yaml"), workdir=str(tmp_path)))
+    assert req.config.model.pretrained == str(PROJECT_ROOT / "dapl" / "assets" / "toy-clip.pt")
+    assert req.config.data.root == PROJECT_ROOT / "data" / "toy"
+    assert str(req.runs_dir).startswith(str(tmp_path))
 
 
 def test_cache_keys_follow_their_inputs_only():
@@ -64,6 +70,7 @@ def test_cache_keys_follow_their_inputs_only():
 def test_sweep_marks_runs_of_dead_processes_failed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = tracking.ensure_experiment(uri, "sweep")
+    assert tracking.client(uri).get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
     live = tracking.start_run(uri, exp, "live", {})
     dead = tracking.start_run(uri, exp, "dead", {})
     p = subprocess.Popen(["true"])

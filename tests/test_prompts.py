@@ -121,6 +121,20 @@ def test_init_from_words(bundle):
         PromptLearner(bundle, CLASSES, DOMAINS, PromptConfig(m1=3, m2=0, init="a photo of a"))
 
 
+def test_init_words_then_random_like_dapl(bundle):
+    """Source-only's unified M1 + M2 context: the first M1 vectors from the words, the other M2 N(0, std²),
+    re-drawn by the training seed while the words stay."""
+    learner = PromptLearner(bundle, CLASSES, DOMAINS, PromptConfig(m1=4 + 64, m2=0, init="a photo of a"))
+    words = bundle.tokenizer(["a photo of a"])[0, 1:5]
+    ctx = learner.ctx_agnostic.detach()
+    assert ctx.shape[0] == 68 and torch.equal(ctx[:4], bundle.model.token_embedding(words))
+    assert abs(float(ctx[4:].std()) - 0.02) < 0.004
+    before = ctx.clone()
+    learner.reset_parameters(seed=7)
+    after = learner.ctx_agnostic.detach()
+    assert torch.equal(after[:4], before[:4]) and not torch.equal(after[4:], before[4:])
+
+
 def test_any_number_of_domains(bundle):
     learner = PromptLearner(bundle, CLASSES, ["a", "b", "c", "d", "e"], PromptConfig(m1=2, m2=2))
     assert learner.ctx_domain.shape[0] == 5

@@ -1,0 +1,383 @@
+"""Planning: from what was asked (a config and a sweep) to the list of runs, each with its own config.
+
+The CLI (``dapl benchmark``/``dapl ablations``), the Prefect flow (``flows/``) and the DVC stages all go through
+the two functions here, so they cannot disagree on a default:
+
+* :func:`resolve_config` builds the base :class:`DaplConfig` from its layers, lowest first:
+  preset → the dataset's registry recipe → the config file → named parameters → dotted overrides.
+  **Paths**: a relative path written in a config file is relative to that file's folder (``params.yaml`` at the
+  project root: the project root); a relative path given as a CLI/flow argument, an override, or left at its
+  default is relative to ``workdir`` (the CLI: the current folder; the flow: its ``workdir`` parameter). Every
+  path of the result is absolute. A weights file that does not exist is an error, except the shipped toy
+  checkpoint (which the flow can pretrain).
+* :class:`Sweep` says what to run (kind, seeds, methods, pairs, the ablation grids), with every default here;
+  :func:`plan_runs` turns it into :class:`Run` s, each carrying its typed :class:`RunSpec` and its resolved
+  config (computed once).
+
+Pure: no Prefect, MLflow or DVC.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dapl.config import DaplConfig, PromptConfig, PromptSetting, deep_merge, expand_dotted, flatten
+from dapl.paths import TOY_CHECKPOINT, default_manifest, looks_like_path
+
+Kind = Literal["benchmark", "ablations"]
+KINDS: tuple[str, ...] = ("benchmark", "ablations")
+KIND_ALIASES = {"full-benchmark": "benchmark", "benchmark": "benchmark", "ablations": "ablations"}
+METHODS: tuple[str, ...] = ("zero_shot", "source_only", "dapl")
+DEFAULT_SEEDS: tuple[int, ...] = (1,)
+DEFAULT_SETTINGS: tuple[str, ...] = tuple(s.value for s in PromptSetting)
+DEFAULT_M1M2: tuple[tuple[int, int], ...] = tuple(itertools.product((4, 8, 16), (4, 8, 16)))
+DEFAULT_TAUS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
+PATH_FIELDS = ("data.root", "data.manifest", "features.cache_dir", "output_dir", "model.weights_dir")
+# The fields that make a training recipe: printed with the results and logged.
+RECIPE_FIELDS = ("preset", "model.name", "prompt.m1", "prompt.m2", "prompt.csc", "prompt.init", "prompt.init_std",
+                 "prompt.text", "train.epochs", "train.lr", "train.batch_source", "train.batch_target",
+                 "train.loss", "features.views", "pseudo.tau")
+
+
+# -- config resolution -----------------------------------------------------------------------------------
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML/JSON config as nested dict (``params.yaml`` keeps it under ``dapl:``), relative paths made
+    absolute against the file's folder."""
+    p = Path(path).expanduser().absolute()
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: expected a mapping of config sections, got {type(raw).__name__}")
+    if isinstance(raw.get("dapl"), dict):
+        raw = raw["dapl"]
+    return expand_dotted(_absolute_paths(flatten(raw), p.parent))
+
+
+def _absolute_paths(flat: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Relative paths among ``flat``'s path fields (and weights files, model-config files) joined to ``base``."""
+    out = dict(flat)
+    for k, v in flat.items():
+        if v is None or not isinstance(v, str | Path):
+            continue
+        s = str(v)
+        is_path = (k in PATH_FIELDS or (k == "model.pretrained" and looks_like_path(s))
+                   or (k == "model.name" and s.endswith(".json")))
+        if is_path:
+            q = Path(s).expanduser()
+            out[k] = str(q if q.is_absolute() else base / q)
+    return out
+
+
+def dataset_recipe(dataset: str) -> dict[str, Any]:
+    """The dataset's recipe defaults from the registry (dotted overrides; empty for datasets without one)."""
+    from dapl.datasets.registry import get_spec
+
+    return dict(getattr(get_spec(dataset), "recipe", None) or {})
+
+
+def default_weights(backbone: str) -> str:
+    """The shipped toy checkpoint for ``toy-clip``; OpenAI's weights (tag ``openai``) for everything else."""
+    return str(TOY_CHECKPOINT) if backbone == "toy-clip" else "openai"
+
+
+def resolve_config(config: str | Path | None = None, *, preset: str | None = None, dataset: str | None = None,
+                   root: str | Path | None = None, backbone: str | None = None, weights: str | None = None,
+                   epochs: int | None = None, overrides: dict[str, Any] | None = None,
+                   workdir: str | Path | None = None) -> DaplConfig:
+    """The base configuration of every entry point (see the module docstring for the layers and path rule)."""
+    wd = Path(workdir if workdir is not None else Path.cwd()).expanduser().absolute()
+    file_layer = read_config_file(config) if config else {}
+    over = expand_dotted(dict(overrides or {}))
+    named: dict[str, Any] = {}
+    if dataset:
+        from dapl.datasets.registry import get_spec
+
+        named["data.dataset"] = get_spec(dataset).name
+    if root:
+        named["data.root"] = str(root)
+    if backbone:
+        named["model.name"] = backbone
+        named["model.pretrained"] = weights or default_weights(backbone)
+    elif weights:
+        named["model.pretrained"] = weights
+    if epochs:
+        named["train.epochs"] = int(epochs)
+    user = expand_dotted(_absolute_paths(flatten(deep_merge(expand_dotted(named), over)), wd))
+    chosen_preset = preset or user.pop("preset", None) or file_layer.get("preset") or "paper"
+    ds = user.get("data", {}).get("dataset") or file_layer.get("data", {}).get("dataset") or "toy"
+    merged: dict[str, Any] = {}
+    for layer in (expand_dotted(dataset_recipe(ds)), file_layer, user):
+        merged = deep_merge(merged, {k: v for k, v in layer.items() if k != "preset"})
+    if "root" not in merged.get("data", {}):
+        merged = deep_merge(merged, {"data": {"root": f"data/{ds}"}})
+    cfg = DaplConfig.from_preset(chosen_preset, merged)
+    if cfg.model.name == "toy-clip" and cfg.model.pretrained == "dapl":  # the shipped tag, as the file it names
+        cfg = cfg.with_overrides({"model.pretrained": str(TOY_CHECKPOINT)})
+    # what is still relative now came from a default: relative to workdir like the arguments
+    keys = (*PATH_FIELDS, "model.pretrained", "model.name")
+    cfg = cfg.with_overrides(_absolute_paths({k: v for k, v in cfg.flat().items() if k in keys}, wd))
+    if cfg.data.manifest is None:
+        cfg = cfg.with_overrides({"data.manifest": str(default_manifest(cfg.data.dataset, cfg.data.root, wd))})
+    _check_weights(cfg)
+    return cfg
+
+
+def _check_weights(cfg: DaplConfig) -> None:
+    pre = cfg.model.pretrained
+    if pre and looks_like_path(pre) and not Path(pre).is_file() and Path(pre) != TOY_CHECKPOINT:
+        raise FileNotFoundError(
+            f"model.pretrained={pre}: no such file. Paths in a config file are relative to that file's folder, "
+            "paths given as arguments to the current folder (the flow: its workdir); fix the path, or give a tag "
+            "such as 'openai'.")
+
+
+def recipe(cfg: DaplConfig) -> dict[str, Any]:
+    """The training recipe of a resolved config (``pseudo.tau`` as used: the dataset default when unset)."""
+    flat = cfg.flat()
+    out = {k: flat[k] for k in RECIPE_FIELDS if k in flat}
+    out["pseudo.tau"] = cfg.tau
+    return out
+
+
+def format_recipe(cfg: DaplConfig) -> str:
+    return "recipe (" + cfg.data.dataset + "): " + ", ".join(f"{k}={v}" for k, v in recipe(cfg).items())
+
+
+# -- the sweep ---------------------------------------------------------------------------------------------
+def _items(value: Any) -> list[Any]:
+    """A list from a CLI string (``"1,2"``) or a flow parameter (``[1, 2]``); None stays None."""
+    if value is None:
+        return None  # type: ignore[return-value]
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value)
+
+
+def parse_pair(pair: str | Sequence[str]) -> tuple[str, str]:
+    """``"real->art"`` (or a 2-sequence) as ``(source, target)``."""
+    if not isinstance(pair, str):
+        s, t = pair
+        return str(s), str(t)
+    if "->" not in pair:
+        raise ValueError(f"pair {pair!r}: write it as 'source->target'")
+    s, t = pair.split("->", 1)
+    return s.strip(), t.strip()
+
+
+def parse_m1m2(cell: str | Sequence[int]) -> tuple[int, int]:
+    """``"4x8"`` (or ``[4, 8]``) as ``(M1, M2)``."""
+    if not isinstance(cell, str):
+        a, b = cell
+        return int(a), int(b)
+    a, sep, b = cell.lower().partition("x")
+    if not sep:
+        raise ValueError(f"M1xM2 cell {cell!r}: write it as '4x8'")
+    return int(a), int(b)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What to run. ``pairs=None``: the dataset's pairs (benchmark) or ``data.source->data.target`` (ablations).
+
+    Ablations run every prompt setting, every M1×M2 cell and every τ on each pair (an empty axis is skipped).
+    """
+
+    kind: Kind = "benchmark"
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    methods: tuple[str, ...] = METHODS
+    pairs: tuple[tuple[str, str], ...] | None = None
+    settings: tuple[str, ...] = DEFAULT_SETTINGS
+    m1m2: tuple[tuple[int, int], ...] = DEFAULT_M1M2
+    taus: tuple[float, ...] = DEFAULT_TAUS
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r}: choose one of {KINDS}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method(s) {bad}; choose from {METHODS}")
+        for s in self.settings:
+            PromptSetting(s)
+        if not self.seeds:
+            raise ValueError("seeds: give at least one")
+
+    @classmethod
+    def parse(cls, kind: str, seeds: Any = None, methods: Any = None, pairs: Any = None, settings: Any = None,
+              m1m2: Any = None, taus: Any = None) -> Sweep:
+        """From CLI strings (``"1,2"``, ``"real->art,art->real"``, ``"4x4,8x8"``) or flow lists; None = default."""
+        if kind not in KIND_ALIASES:
+            raise ValueError(f"kind {kind!r}: choose one of {sorted(KIND_ALIASES)}")
+        kw: dict[str, Any] = {"kind": KIND_ALIASES[kind]}
+        if seeds is not None:
+            kw["seeds"] = tuple(int(s) for s in _items(seeds))
+        if methods is not None:
+            kw["methods"] = tuple(str(m) for m in _items(methods))
+        if pairs is not None:
+            raw = [pairs] if isinstance(pairs, str) and "," not in pairs else _items(pairs)
+            kw["pairs"] = tuple(parse_pair(p) for p in raw) or None
+        if settings is not None:
+            kw["settings"] = tuple(PromptSetting(s).value for s in _items(settings))
+        if m1m2 is not None:
+            kw["m1m2"] = tuple(parse_m1m2(c) for c in _items(m1m2))
+        if taus is not None:
+            kw["taus"] = tuple(float(t) for t in _items(taus))
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a pair, a seed, and what differs from the base config, as typed values.
+
+    ``axis`` says which sweep axis the run belongs to: ``method`` (benchmark: zero_shot/source_only/dapl),
+    ``setting``, ``m1m2`` or ``tau`` (ablations; ``method`` is then ``dapl``).
+    """
+
+    source: str
+    target: str
+    seed: int
+    method: str = "dapl"
+    axis: str = "method"
+    setting: str | None = None
+    m1: int | None = None
+    m2: int | None = None
+    tau: float | None = None
+
+    @property
+    def pair(self) -> str:
+        return f"{self.source}->{self.target}"
+
+    @property
+    def label(self) -> str:
+        """The row label of the results table (display only: never parsed back)."""
+        if self.axis == "setting":
+            return f"setting:{self.setting}"
+        if self.axis == "m1m2":
+            return f"m1m2:{self.m1}x{self.m2}"
+        if self.axis == "tau":
+            return f"tau:{self.tau}"
+        return self.method
+
+    @property
+    def slug(self) -> str:
+        return f"{self.source}_{self.target}/{self.label.replace(':', '_')}/seed{self.seed}"
+
+
+def run_config(base: DaplConfig, spec: RunSpec, runs_dir: str | Path) -> DaplConfig:
+    """The run's own config: the base with the pair, seed, output folder and the spec's typed changes."""
+    over: dict[str, Any] = {"data.source": [spec.source], "data.target": [spec.target], "train.seed": spec.seed,
+                            "output_dir": str(Path(runs_dir) / spec.slug)}
+    p = base.prompt
+    if spec.method == "zero_shot":
+        over["prompt"] = PromptConfig.for_setting("manual").model_dump()
+    elif spec.method == "source_only":
+        # same prompt length, init and epochs as DAPL: one domain-agnostic context of M1 + M2 vectors (the
+        # first M1 from prompt.init when set, the rest N(0, init_std^2): DAPL's own layout), no target loss
+        over["prompt"] = PromptConfig.for_setting("unified", m1=(p.m1 + p.m2) or 16, init=p.init,
+                                                  init_std=p.init_std, text=p.text).model_copy(
+            update={"csc": p.csc}).model_dump()
+        over["pseudo.enabled"] = False
+    elif spec.method != "dapl":
+        raise ValueError(f"unknown method {spec.method!r}; choose from {METHODS}")
+    if spec.axis == "setting":
+        manual = PromptSetting(spec.setting) is PromptSetting.manual
+        over["prompt"] = PromptConfig.for_setting(spec.setting, m1=p.m1 or 16, m2=p.m2 or 16,
+                                                  init=None if manual else p.init, init_std=p.init_std,
+                                                  text=p.text).model_dump()
+    elif spec.axis == "m1m2":
+        over["prompt.m1"], over["prompt.m2"] = spec.m1, spec.m2
+        if p.init and spec.m1 != p.m1:
+            over["prompt.init"] = None
+    elif spec.axis == "tau":
+        over["pseudo.tau"] = spec.tau
+    elif spec.axis != "method":
+        raise ValueError(f"unknown sweep axis {spec.axis!r}")
+    return base.with_overrides(over)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A planned run: its spec and its resolved config (computed once, by :func:`plan_runs`)."""
+
+    spec: RunSpec
+    config: DaplConfig
+
+    def axes(self) -> dict[str, Any]:
+        """The sweep axes as the run actually uses them (every run has all of them: MLflow can plot any)."""
+        c = self.config
+        return {"sweep.method": self.spec.method, "sweep.axis": self.spec.axis, "sweep.label": self.spec.label,
+                "sweep.setting": c.prompt.setting.value, "sweep.m1": c.prompt.m1, "sweep.m2": c.prompt.m2,
+                "sweep.tau": c.tau, "sweep.pair": self.spec.pair, "sweep.seed": self.spec.seed}
+
+
+def default_pairs(dataset: str, domains: Sequence[str]) -> list[tuple[str, str]]:
+    """The dataset's benchmark pairs (``DatasetSpec.pairs``; for discovered datasets every ordered pair)."""
+    from dapl.datasets.registry import get_spec
+
+    spec = get_spec(dataset)
+    if spec.domain_keys:
+        return list(spec.pairs)
+    return list(itertools.permutations(domains, 2))
+
+
+def sweep_specs(sweep: Sweep, base: DaplConfig, domains: Sequence[str]) -> list[RunSpec]:
+    """Every run of the sweep, in table order (zero-shot and the manual setting are deterministic: one seed)."""
+    seeds = list(sweep.seeds)
+    out: list[RunSpec] = []
+    if sweep.kind == "benchmark":
+        pairs = list(sweep.pairs or default_pairs(base.data.dataset, domains))
+        for (s, t), m in itertools.product(pairs, sweep.methods):
+            out += [RunSpec(s, t, seed, m) for seed in (seeds[:1] if m == "zero_shot" else seeds)]
+    else:
+        if sweep.pairs:
+            pairs = list(sweep.pairs)
+        elif base.data.source[0] in domains and base.data.target[0] in domains:
+            pairs = [(base.data.source[0], base.data.target[0])]
+        else:
+            pairs = default_pairs(base.data.dataset, domains)[:1]
+        for s, t in pairs:
+            for st in sweep.settings:
+                one = PromptSetting(st) is PromptSetting.manual
+                out += [RunSpec(s, t, seed, axis="setting", setting=st) for seed in (seeds[:1] if one else seeds)]
+            out += [RunSpec(s, t, seed, axis="m1m2", m1=a, m2=b) for a, b in sweep.m1m2 for seed in seeds]
+            out += [RunSpec(s, t, seed, axis="tau", tau=v) for v in sweep.taus for seed in seeds]
+    unknown = sorted({d for r in out for d in (r.source, r.target)} - set(domains))
+    if unknown:
+        raise ValueError(f"domains {unknown} are not in {base.data.dataset} (domains: {list(domains)})")
+    return out
+
+
+def default_runs_dir(kind: str, base: DaplConfig, workdir: str | Path | None = None) -> Path:
+    """``<workdir>/runs/<kind>/<dataset>-<digest>``: one folder per (kind, base configuration), so a rerun with
+    the same inputs finds its checkpoints and a changed configuration never resumes from an incompatible one.
+    The base's own ``output_dir`` is not part of the digest (every run replaces it)."""
+    wd = Path(workdir if workdir is not None else Path.cwd()).absolute()
+    sections = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
+    return wd / "runs" / KIND_ALIASES[kind] / f"{base.data.dataset}-{base.digest(*sections)[:10]}"
+
+
+def plan_runs(sweep: Sweep, base: DaplConfig, domains: Sequence[str], runs_dir: str | Path) -> list[Run]:
+    """The sweep's runs, each with its config resolved once."""
+    rdir = Path(runs_dir).absolute()
+    return [Run(s, run_config(base, s, rdir)) for s in sweep_specs(sweep, base, domains)]
+
+
+def feature_groups(runs: Iterable[Run]) -> list[tuple[str, str]]:
+    """Pairs of domains that together cover every domain once: each image is encoded by one task only."""
+    doms = list(dict.fromkeys(d for r in runs for d in (r.spec.source, r.spec.target)))
+    groups = [tuple(doms[i:i + 2]) for i in range(0, len(doms), 2)]
+    return [(g[0], g[1]) if len(g) == 2 else (g[0], doms[0]) for g in groups]
+
+
+def pairs_of(runs: Iterable[Run]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((r.spec.source, r.spec.target) for r in runs))
+
+
+def for_pair(cfg: DaplConfig, source: str, target: str) -> DaplConfig:
+    return cfg.with_overrides({"data.source": [source], "data.target": [target]})

@@ -1,0 +1,139 @@
+"""The planning layer (dapl.plan): one resolution of configs and one sweep for the CLI, the flow and DVC."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dapl import cli
+from dapl.config import DaplConfig, PromptSetting
+from dapl.paths import PROJECT_ROOT, TOY_CHECKPOINT
+from dapl.plan import (
+    DEFAULT_M1M2,
+    DEFAULT_TAUS,
+    RunSpec,
+    Sweep,
+    default_runs_dir,
+    feature_groups,
+    plan_runs,
+    recipe,
+    resolve_config,
+    run_config,
+    sweep_specs,
+)
+
+TOY_DOMAINS = ["art", "clipart", "product", "real"]
+
+
+def test_benchmark_covers_the_datasets_pairs_and_encodes_each_domain_once():
+    cfg = DaplConfig()
+    runs = plan_runs(Sweep(seeds=(1, 2)), cfg, TOY_DOMAINS, "/r")
+    assert len({r.spec.pair for r in runs}) == 12
+    assert len(runs) == 12 * (1 + 2 + 2)  # zero-shot is deterministic: one seed
+    groups = feature_groups(runs)
+    assert sorted(d for g in groups for d in g) == sorted(TOY_DOMAINS)
+    odd = feature_groups(plan_runs(Sweep(), cfg, TOY_DOMAINS[:3], "/r"))
+    assert {d for g in odd for d in g} == set(TOY_DOMAINS[:3]) and len(odd) == 2
+    visda = DaplConfig.from_preset("paper", {"data": {"dataset": "visda2017", "source": ["synthetic"],
+                                                      "target": ["real"]}})
+    assert {s.pair for s in sweep_specs(Sweep(), visda, ["synthetic", "real"])} == {"synthetic->real"}
+
+
+def test_ablation_defaults_are_issue_10s_grids():
+    specs = sweep_specs(Sweep(kind="ablations"), DaplConfig(), TOY_DOMAINS)
+    assert [s.setting for s in specs if s.axis == "setting"] == [x.value for x in PromptSetting]
+    assert [(s.m1, s.m2) for s in specs if s.axis == "m1m2"] == [(a, b) for a in (4, 8, 16) for b in (4, 8, 16)]
+    assert [s.tau for s in specs if s.axis == "tau"] == [0.4, 0.5, 0.6, 0.7]
+    assert {s.pair for s in specs} == {"real->art"}
+    assert tuple((a, b) for a in (4, 8, 16) for b in (4, 8, 16)) == DEFAULT_M1M2 and DEFAULT_TAUS[0] == 0.4
+    with pytest.raises(ValueError, match="not in toy"):
+        sweep_specs(Sweep.parse("ablations", pairs="real->nowhere"), DaplConfig(), TOY_DOMAINS)
+
+
+def test_sweep_parses_cli_strings_and_flow_lists_alike():
+    a = Sweep.parse("ablations", seeds="1,2", pairs="art->real", m1m2="4x8,16x4", taus="0.4,0.7",
+                    settings="unified,manual")
+    b = Sweep.parse("ablations", seeds=[1, 2], pairs=["art->real"], m1m2=["4x8", [16, 4]], taus=[0.4, 0.7],
+                    settings=["unified", "manual"])
+    assert a == b and a.m1m2 == ((4, 8), (16, 4)) and a.pairs == (("art", "real"),)
+    assert Sweep.parse("full-benchmark") == Sweep.parse("benchmark") == Sweep()
+    assert Sweep.parse("ablations", m1m2="", taus="").m1m2 == ()  # an empty axis is skipped
+    with pytest.raises(ValueError, match="unknown method"):
+        Sweep.parse("benchmark", methods="dapl,oracle")
+    with pytest.raises(ValueError, match="source->target"):
+        Sweep.parse("benchmark", pairs="real:art")
+
+
+def test_run_specs_carry_typed_overrides():
+    base = resolve_config(workdir=PROJECT_ROOT)
+    tau = run_config(base, RunSpec("real", "art", 3, axis="tau", tau=0.7), "/r")
+    assert tau.pseudo.tau == 0.7 and tau.train.seed == 3 and str(tau.output_dir) == "/r/real_art/tau_0.7/seed3"
+    grid = run_config(base, RunSpec("real", "art", 1, axis="m1m2", m1=8, m2=16), "/r")
+    assert (grid.prompt.m1, grid.prompt.m2, grid.prompt.init) == (8, 16, None)  # the init words are 4 tokens
+    setting = run_config(base, RunSpec("real", "art", 1, axis="setting", setting="class_specific"), "/r")
+    assert setting.prompt.setting is PromptSetting.class_specific and setting.prompt.init == base.prompt.init
+
+
+def test_source_only_has_daplss_prompt_length_init_and_epochs():
+    base = resolve_config(workdir=PROJECT_ROOT, overrides={"prompt.csc": True})
+    so = run_config(base, RunSpec("real", "art", 1, "source_only"), "/r")
+    assert (so.prompt.m1, so.prompt.m2) == (base.prompt.m1 + base.prompt.m2, 0)
+    assert so.prompt.csc and so.prompt.init == base.prompt.init and so.prompt.init_std == base.prompt.init_std
+    assert so.train == base.train and not so.pseudo.enabled
+    dapl = run_config(base, RunSpec("real", "art", 1, "dapl"), "/r")
+    assert dapl.prompt == base.prompt and dapl.pseudo.enabled
+
+
+def test_layers_preset_recipe_file_arguments(tmp_path):
+    toy = resolve_config(workdir=tmp_path)
+    assert recipe(toy)["prompt.m1"] == 4 and toy.train.epochs == 6 and toy.features.views == 4  # registry recipe
+    assert toy.model.pretrained == str(TOY_CHECKPOINT)
+    assert toy.data.root == tmp_path / "data" / "toy" and toy.data.manifest == tmp_path / "artifacts" / \
+        "manifests" / "toy.parquet" and toy.features.cache_dir == tmp_path / "cache" / "features"
+    f = tmp_path / "conf" / "c.yaml"
+    f.parent.mkdir()
+    f.write_text(yaml.safe_dump({"preset": "official", "train": {"epochs": 9, "lr": 0.01}, "data": {"root": "d"}}))
+    c = resolve_config(f, epochs=11, overrides={"train.lr": 0.02}, workdir=tmp_path / "wd")
+    assert c.preset == "official" and c.prompt.text == "official" and c.train.loss == "kway"  # preset
+    assert c.prompt.m1 == 4  # recipe above the preset
+    assert c.train.epochs == 11 and c.train.lr == 0.02  # arguments above the file
+    assert c.data.root == tmp_path / "conf" / "d"  # a file's path: relative to the file
+    assert c.features.cache_dir == tmp_path / "wd" / "cache" / "features"  # a default: relative to workdir
+    assert resolve_config(f, preset="paper", workdir=tmp_path).prompt.text == "paper"  # re-based, file kept
+    oh = resolve_config(dataset="office_home", backbone="RN50-quickgelu", root="elsewhere/oh", workdir=tmp_path)
+    assert oh.model.pretrained == "openai" and oh.data.root == tmp_path / "elsewhere" / "oh"
+    assert oh.data.manifest.name.startswith("office_home-") and oh.prompt.m1 == 16  # no recipe: the preset
+
+
+def test_missing_weights_file_is_an_error_except_the_toy_checkpoint(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"dapl": {"model": {"pretrained": "weights/toy-clip.pt"}}}))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "weights" / "toy-clip.pt")):
+        resolve_config(f, workdir=tmp_path / "elsewhere")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "toy-clip.pt").write_bytes(b"x")
+    assert resolve_config(f, workdir=tmp_path / "elsewhere").model.pretrained == str(
+        tmp_path / "weights" / "toy-clip.pt")
+    assert resolve_config(weights=str(TOY_CHECKPOINT), workdir=tmp_path).model.pretrained == str(TOY_CHECKPOINT)
+
+
+@pytest.mark.parametrize("kind", ["benchmark", "ablations"])
+def test_params_yaml_is_the_resolved_default(kind, monkeypatch):
+    """`dapl <kind> -c params.yaml` and `dapl <kind>` plan the same runs with the same configs."""
+    monkeypatch.chdir(PROJECT_ROOT)
+    with_file = cli.plan_of(cli.build_parser().parse_args([kind, "-c", "params.yaml"]), TOY_DOMAINS)
+    plain = cli.plan_of(cli.build_parser().parse_args([kind]), TOY_DOMAINS)
+    assert with_file[1] == plain[1] == default_runs_dir(kind, plain[0], PROJECT_ROOT)
+    assert [(r.spec, r.config) for r in with_file[2]] == [(r.spec, r.config) for r in plain[2]]
+
+
+def test_env_sh_sets_the_python_env_defaults():
+    """scripts/env.sh (shell) and dapl.paths.ENV_DEFAULTS (Python: flows, tasks, CLI) set the same values."""
+    import re
+
+    from dapl.paths import ENV_DEFAULTS
+
+    text = (PROJECT_ROOT / "scripts" / "env.sh").read_text()
+    found = dict(re.findall(r"\b([A-Z_]+)=\"?\$\{[A-Z_]+:-([^}]*)\}\"?", text))  # VAR="${VAR:-value}"
+    found |= dict(re.findall(r"\b([A-Z_]+)=([A-Za-z0-9_]+)(?=\s|$)", text))  # VAR=value
+    assert {k: found.get(k) for k in ENV_DEFAULTS} == ENV_DEFAULTS
