@@ -42,7 +42,6 @@ def cmd_data_fetch(a: argparse.Namespace) -> int:
 def cmd_data_index(a: argparse.Namespace) -> int:
     from dapl.datasets.fetch import check_output_path
     from dapl.datasets.index import index_dataset
-
     from dapl.datasets.registry import get_spec
 
     name = get_spec(a.dataset).name
