@@ -372,13 +372,15 @@ def test_stages_refuse_an_empty_target_before_loading_weights(two_domains, tmp_p
     manifest = tmp_path / "m.parquet"
     assert main(["data", "index", "folder", "--root", str(two_domains), "--out", str(manifest)]) == 0
     capsys.readouterr()
+    junk = tmp_path / "junk-weights.pt"  # exists (config resolution accepts it), but loading it would fail
+    junk.write_bytes(b"not a checkpoint")
     for cmd in (["zero-shot"], ["train"], ["features"]):
         args = [*cmd, "--set", f"data.manifest={manifest}", "--set", "data.dataset=folder",
                 "--set", "data.source=[light]", "--set", "data.target=[empty]",
-                "--set", f"model.pretrained={tmp_path / 'no-such-weights.pt'}"]
+                "--set", f"model.pretrained={junk}"]
         assert main(args) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and "target domain 'empty'" in err and "no-such-weights" not in err
+        assert len(err.splitlines()) == 1 and "target domain 'empty'" in err and "junk-weights" not in err
 
 
 # -- one clear line, exit 2 -------------------------------------------------------------------------------------
