@@ -11,6 +11,7 @@ import torch
 
 from dapl.config import ModelConfig
 from dapl.models import WeightsNotFoundError, load_clip
+from tests.tolerances import assert_close
 
 # OpenAI's convention: 64-wide heads in both towers (what build_model_from_openai_state_dict infers)
 OPENAI_TINY = {
@@ -43,8 +44,8 @@ def test_openai_state_dict_file(tmp_path, arch):
     x = torch.randn(2, 3, 32, 32)
     t = open_clip.tokenize(["a photo of a dog.", "a cat"])
     with torch.no_grad():
-        assert torch.allclose(bundle.model.encode_image(x), expected.encode_image(x), atol=1e-5)
-        assert torch.allclose(bundle.model.encode_text(t), expected.encode_text(t), atol=1e-5)
+        assert_close(bundle.model.encode_image(x), expected.encode_image(x))
+        assert_close(bundle.model.encode_text(t), expected.encode_text(t))
     # the file is OpenAI's fp16-rounded weights: same numbers, fp32 storage
     assert next(bundle.model.parameters()).dtype == torch.float32
 

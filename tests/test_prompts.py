@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from dapl.config import DaplConfig, ModelConfig, PromptConfig, PromptSetting
 from dapl.models import load_clip
 from dapl.prompts import PromptLearner, prompt_text
+from tests.tolerances import assert_close
 
 CLASSES = ["dog", "traffic light", "alarm clock"]
 DOMAINS = ["real_world", "clipart"]
@@ -83,12 +84,12 @@ def test_cut_and_shared_match_full_77_token_reference(bundle, setting, text):
     ref = reference_text_features(bundle, learner)
     cut = learner.text_features(shared=False)
     assert learner.length < 77
-    assert torch.allclose(cut, ref, atol=1e-5), (cut - ref).abs().max()
+    assert_close(cut, ref)
     if learner.shares_prefix:
         shared = learner.text_features(shared=True)
-        assert torch.allclose(shared, ref, atol=1e-5), (shared - ref).abs().max()
+        assert_close(shared, ref)
     chunked = learner.text_features(shared=False, chunk=2)
-    assert torch.allclose(chunked, ref, atol=1e-5)
+    assert_close(chunked, ref)
 
 
 @pytest.mark.parametrize("setting", ["unified_domain", "class_specific_domain", "unified"])
@@ -107,10 +108,10 @@ def test_gradients_match_reference(bundle, setting):
     for shared in ([False, True] if learner.shares_prefix else [False]):
         g = grads(learner.text_features(shared=shared))
         for a, b in zip(g, g_ref, strict=True):
-            assert torch.allclose(a, b, atol=1e-5), (shared, (a - b).abs().max())
+            assert_close(a, b, msg=f"shared={shared}")
     g_chunk = grads(learner.text_features(shared=False, chunk=2))
     for a, b in zip(g_chunk, g_ref, strict=True):
-        assert torch.allclose(a, b, atol=1e-5)
+        assert_close(a, b)
 
 
 def test_init_from_words(bundle):
