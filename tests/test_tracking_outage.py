@@ -28,7 +28,6 @@ import torch  # noqa: E402
 
 from tests.conftest import TINY_CONFIGS  # noqa: E402
 
-pytestmark = pytest.mark.slow
 EPOCHS = 3
 OVERRIDES = {"features.views": 1, "features.num_workers": 0, "features.batch_size": 64,
              "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2}
@@ -78,6 +77,43 @@ class MlflowServer:
         return self.proc is not None and self.proc.poll() is None
 
 
+def test_retry_with_back_off_then_journal(tmp_path, monkeypatch):
+    """Transient failures are retried; a call that keeps failing marks the run lost once, later calls are skipped,
+    and the journal on disk keeps what a replay needs."""
+    from tasks import tracking
+
+    monkeypatch.setenv(tracking.RETRY_ENV, "0.01,0.02")
+    calls = []
+
+    def flaky(n_fail):
+        calls.append(1)
+        if len(calls) <= n_fail:
+            raise ConnectionError("refused")
+        return "ok"
+
+    assert tracking.with_retry("x", flaky, 2) == "ok" and len(calls) == 3
+    calls.clear()
+    with pytest.raises(tracking.TrackingLost, match="x: ConnectionError: refused"):
+        tracking.with_retry("x", flaky, 5)
+    assert len(calls) == 3  # one try + one per delay
+
+    monkeypatch.setattr(tracking, "start_run", lambda *a, **k: "run-1")
+    monkeypatch.setattr(tracking, "log_params", lambda *a, **k: None)
+    rl = tracking.RunLog("http://nowhere", "0", tmp_path, "a->b dapl seed1", {"pair": "a->b"}, {"train.lr": 0.1})
+    assert rl.run_id == "run-1" and not rl.lost
+    calls.clear()
+    assert rl.call("log epoch", flaky, 99) is None and rl.lost and len(calls) == 3
+    assert rl.call("log epoch", flaky, 0) is None and len(calls) == 3  # skipped: no second wait
+    rec = tracking.read_pending(tmp_path)
+    assert rec["name"] == "a->b dapl seed1" and rec["run_id"] == "run-1" and "refused" in rec["lost"]
+    assert rec["params"] == {"train.lr": "0.1"}
+    rl.complete()
+    assert tracking.read_pending(tmp_path) is not None  # lost: kept for the replay
+    ok = tracking.RunLog("http://nowhere", "0", tmp_path / "b", "n", {}, {})
+    ok.complete()
+    assert tracking.read_pending(tmp_path / "b") is None
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     wd = tmp_path_factory.mktemp("outage")
@@ -114,6 +150,7 @@ def _run(env) -> dict:
                 pairs=["real->art"], methods=["zero_shot", "dapl"])
 
 
+@pytest.mark.slow
 def test_server_killed_mid_flow_loses_no_training_and_rerun_completes_tracking(env, monkeypatch):
     from mlflow import MlflowClient
 
