@@ -2,6 +2,16 @@
 
 Offline, open_clip retries the hub for ~47 s before failing; here a missing weight file is reported in
 seconds with the exact place to put it.
+
+Weight files are read as users have them (:func:`read_checkpoint`): OpenAI TorchScript archives, state dicts
+in fp16 or fp32, nested under ``"state_dict"``, with ``module.`` prefixes, or safetensors. Rules:
+- **OpenAI weights** (a TorchScript archive, or OpenAI's ``input_resolution``/``context_length``/``vocab_size``
+  entries): the architecture is read from the shapes and always uses QuickGELU. A named config that uses GELU,
+  or whose shapes differ, is an error naming both (fix: the ``-quickgelu`` name): never a silent GELU load.
+- **Any other state dict** is an open_clip checkpoint of the named config: its shapes (and, when an open_clip
+  ``open_clip_config.json`` sits beside it, its activation) must agree with the config, else an error naming
+  both. Its keys alone cannot tell OpenAI's plain state dict from a LAION one (same layout), so fp16-exact
+  weights under a GELU name that open_clip also lists OpenAI weights for get a warning naming the fix.
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ import json
 import os
 import socket
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,18 +159,201 @@ def _model_name(name: str) -> str:
     return name
 
 
-def _looks_openai(path: str) -> bool:
-    """OpenAI checkpoints are TorchScript archives or state dicts carrying ``input_resolution``."""
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # only OpenAI's files carry these
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file does not fit the model named in the config (architecture or activation)."""
+
+
+@dataclass
+class Checkpoint:
+    """A weights file read into one normalised state dict, with what the file says about its origin."""
+
+    state_dict: dict[str, torch.Tensor]
+    kind: str  # "TorchScript archive", "state dict"
+    openai: bool  # certainly OpenAI's format: a TorchScript archive or OpenAI's extra entries
+    sidecar: dict | None  # open_clip's ``open_clip_config.json`` beside the file (Hugging Face layout), if any
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives are zip files with ``code/`` and ``constants.pkl``; ``torch.save`` files have neither."""
     try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_checkpoint(path: str) -> Checkpoint:
+    """Read any CLIP weights file as users have them: an OpenAI TorchScript archive, a (full or partial-fp16)
+    state dict with or without OpenAI's ``input_resolution``/``context_length``/``vocab_size`` entries, nested
+    under ``"state_dict"`` (training checkpoints), with DataParallel's ``module.`` prefixes, or safetensors."""
+    kind, openai = "state dict", False
+    if _is_torchscript(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.jit.load(path, map_location="cpu")
-        return True
-    except Exception:  # noqa: BLE001 - anything but a TorchScript archive
-        pass
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
-    return isinstance(sd, dict) and "input_resolution" in sd
+            sd = dict(torch.jit.load(path, map_location="cpu").state_dict())
+        kind, openai = "TorchScript archive", True
+    elif path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        sd = load_file(path, device="cpu")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickles with code, torn files: one clear message
+            raise ValueError(f"{path}: not a readable weights file ({type(e).__name__}: {e}). Expected an OpenAI "
+                             "TorchScript archive, a state dict saved with torch.save, or safetensors.") from e
+    while isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) for k in sd):
+        raise ValueError(f"{path}: holds no state dict (a {type(sd).__name__}); save model.state_dict()")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    for k in OPENAI_EXTRA_KEYS:
+        if k in sd:
+            sd.pop(k)
+            openai = True
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and not k.endswith("attn_mask")}
+    sidecar = None
+    side = Path(path).parent / "open_clip_config.json"
+    if side.is_file():
+        try:
+            sidecar = json.loads(side.read_text()).get("model_cfg")
+        except (json.JSONDecodeError, AttributeError):
+            sidecar = None
+    return Checkpoint(sd, kind, openai, sidecar)
+
+
+def _blocks(sd: dict, prefix: str) -> int:
+    """Number of distinct block indices ``<prefix><i>.`` among the keys."""
+    return len({k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)})
+
+
+def openai_architecture(sd: dict[str, torch.Tensor]) -> dict:
+    """The open_clip config of an OpenAI-layout state dict, read from the shapes alone (QuickGELU, 64-wide heads:
+    OpenAI's convention). Raises KeyError when a key the layout needs is missing."""
+    if "visual.proj" in sd:
+        conv = sd["visual.conv1.weight"]
+        grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = {"image_size": int(conv.shape[-1] * grid), "layers": _blocks(sd, "visual.transformer.resblocks."),
+                  "width": int(conv.shape[0]), "patch_size": int(conv.shape[-1])}
+    else:
+        out = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+        vision = {"image_size": int(out * 32), "layers": [_blocks(sd, f"visual.layer{b}.") for b in (1, 2, 3, 4)],
+                  "width": int(sd["visual.layer1.0.conv1.weight"].shape[0]), "patch_size": None}
+    width = int(sd["ln_final.weight"].shape[0])
+    text = {"context_length": int(sd["positional_embedding"].shape[0]),
+            "vocab_size": int(sd["token_embedding.weight"].shape[0]), "width": width, "heads": max(1, width // 64),
+            "layers": _blocks(sd, "transformer.resblocks.")}
+    return {"embed_dim": int(sd["text_projection"].shape[1]), "quick_gelu": True, "vision_cfg": vision,
+            "text_cfg": text}
+
+
+def _arch_summary(cfg: dict) -> dict:
+    """The architecture facts two configs must share (defaults filled in by open_clip's own dataclasses)."""
+    v = open_clip.model.CLIPVisionCfg(**{k: x for k, x in cfg.get("vision_cfg", {}).items()
+                                         if k in open_clip.model.CLIPVisionCfg.__dataclass_fields__})
+    t = open_clip.model.CLIPTextCfg(**{k: x for k, x in cfg.get("text_cfg", {}).items()
+                                       if k in open_clip.model.CLIPTextCfg.__dataclass_fields__})
+    resnet = isinstance(v.layers, tuple | list)
+    out = {"embed_dim": cfg.get("embed_dim"), "vision.image_size": v.image_size,
+           "vision.layers": list(v.layers) if resnet else v.layers, "vision.width": v.width,
+           "vision.heads": v.width * (32 if resnet else 1) // v.head_width,
+           "text.context_length": t.context_length, "text.vocab_size": t.vocab_size, "text.width": t.width,
+           "text.heads": t.heads, "text.layers": t.layers}
+    if not resnet:
+        out["vision.patch_size"] = v.patch_size
+    return out
+
+
+def _arch_diff(a: dict, b: dict) -> list[str]:
+    sa, sb = _arch_summary(a), _arch_summary(b)
+    return [f"{k}: {sa.get(k)} vs {sb.get(k)}" for k in dict.fromkeys([*sa, *sb]) if sa.get(k) != sb.get(k)]
+
+
+def _quickgelu_name(name: str) -> str:
+    cand = f"{name}-quickgelu"
+    return f"model.name={cand!r}" if cand in open_clip.list_models() else "a config with \"quick_gelu\": true"
+
+
+def _fp16_exact(sd: dict[str, torch.Tensor]) -> bool:
+    """OpenAI released its CLIPs in fp16: every float weight of theirs survives a round trip through fp16."""
+    floats = [v for v in sd.values() if v.is_floating_point()]
+    return bool(floats) and all(v.dtype == torch.float16 or torch.equal(v.half().to(v.dtype), v) for v in floats)
+
+
+def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """Copy ``sd`` into ``model`` (fp16 values widen exactly to fp32); any missing/extra key or shape is an error."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
+    extra = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in sd and sd[k].shape != own[k].shape]
+    if missing or extra or shapes:
+        raise CheckpointMismatchError(
+            f"{path} does not fit {what}: {len(missing)} missing, {len(extra)} unexpected, {len(shapes)} "
+            f"differently shaped weights (e.g. {(shapes or missing or extra)[:3]}). Name the model config the file "
+            "was saved from (model.name), or give its OpenAI file.")
+    model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+
+
+def _build_openai(ck: Checkpoint, path: str, name: str, named: dict | None) -> nn.Module:
+    """OpenAI weights: the architecture from the shapes, QuickGELU always; a named config must agree."""
+    try:
+        arch = openai_architecture(ck.state_dict)
+    except KeyError as e:
+        raise ValueError(f"{path}: an OpenAI {ck.kind} without the key {e} of OpenAI's CLIP layout") from e
+    if named is not None:
+        if not named.get("quick_gelu", False):
+            raise CheckpointMismatchError(
+                f"{path} holds OpenAI weights ({ck.kind}), which were trained with QuickGELU, but "
+                f"model.name={name!r} uses GELU: its logits would differ. Use {_quickgelu_name(name)}.")
+        diff = _arch_diff(arch, named)
+        if diff:
+            raise CheckpointMismatchError(
+                f"{path} (OpenAI {ck.kind}) and model.name={name!r} disagree (file vs config): {'; '.join(diff)}. "
+                "Name the config of the file's architecture.")
+    model = open_clip.CLIP(**arch)
+    _load_strict(model, ck.state_dict, path, f"the OpenAI architecture read from its shapes {arch}")
+    return model
+
+
+def _build_open_clip(ck: Checkpoint, path: str, name: str, named: dict) -> nn.Module:
+    """An open_clip-format file for the named config: shapes (and the activation, where the file says) must agree."""
+    if ck.sidecar:
+        if bool(ck.sidecar.get("quick_gelu", False)) != bool(named.get("quick_gelu", False)):
+            act = {True: "QuickGELU", False: "GELU"}
+            raise CheckpointMismatchError(
+                f"{path} was saved from a {act[bool(ck.sidecar.get('quick_gelu', False))]} model "
+                f"(open_clip_config.json), but model.name={name!r} uses {act[bool(named.get('quick_gelu', False))]}"
+                ": name the config the file was saved from.")
+        diff = _arch_diff(ck.sidecar, named)
+        if diff:
+            raise CheckpointMismatchError(f"{path} (open_clip_config.json) and model.name={name!r} disagree "
+                                          f"(file vs config): {'; '.join(diff)}")
+    try:
+        arch = openai_architecture(ck.state_dict)
+    except KeyError:
+        arch = None
+    if arch is not None:
+        diff = [d for d in _arch_diff(arch, named) if not d.startswith(("vision.heads", "text.heads"))]
+        if diff:  # heads are invisible in shapes; the rest must match
+            raise CheckpointMismatchError(
+                f"{path} and model.name={name!r} disagree (file's shapes vs config): {'; '.join(diff)}. Name the "
+                "config the file was saved from.")
+        if not named.get("quick_gelu", False) and _fp16_exact(ck.state_dict) and name in _openai_names():
+            warnings.warn(f"{path} is loaded as an open_clip checkpoint with GELU (model.name={name!r}). If it holds "
+                          f"OpenAI's weights, they need QuickGELU: use {_quickgelu_name(name)}.", stacklevel=3)
+    model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu")
+    if hasattr(model, "token_embedding"):
+        _load_strict(model, ck.state_dict, path, f"model.name={name!r}")
+    return model
+
+
+def _openai_names() -> set[str]:
+    return {m for m, tag in open_clip.list_pretrained() if tag == "openai"}
 
 
 def _file_identity(path: str) -> str:
@@ -179,19 +373,23 @@ def load_clip(cfg: ModelConfig) -> ClipBundle:
     device = resolve_device(cfg.device)
     name = _model_name(cfg.name)
     weights = resolve_weights(cfg)
-    if weights is not None and Path(weights).is_file() and _looks_openai(weights):
-        model = open_clip.load_openai_model(weights, precision="fp32", device="cpu")
-        identity = f"openai-file:{_file_identity(weights)}"
+    named = open_clip.get_model_config(name) if name in open_clip.list_models() else None
+    if weights is not None and Path(weights).is_file():
+        ck = read_checkpoint(weights)
+        if ck.openai:
+            model = _build_openai(ck, weights, name, named)
+            identity = f"openai-file:{_file_identity(weights)}"
+        elif named is None:
+            raise ValueError(f"model.name={cfg.name!r} is not an open_clip model or a config in {CONFIG_DIR}; "
+                             f"name the config of {weights}")
+        else:
+            model = _build_open_clip(ck, weights, name, named)
+            identity = f"{name}:file:{_file_identity(weights)}"
     else:
-        if name not in open_clip.list_models():
+        if named is None:
             raise ValueError(f"model.name={cfg.name!r} is not an open_clip model or a config in {CONFIG_DIR}")
         model = open_clip.create_model(name, pretrained=weights, precision="fp32", device="cpu")
-        if weights is None:
-            identity = f"{name}:random"
-        elif Path(weights).is_file():
-            identity = f"{name}:file:{_file_identity(weights)}"
-        else:
-            identity = f"{name}:{weights}"
+        identity = f"{name}:random" if weights is None else f"{name}:{weights}"
     model = freeze(model.float()).to(device)
     if not hasattr(model, "token_embedding"):
         raise ValueError(f"{cfg.name}: only CLIP models with the standard text tower are supported "

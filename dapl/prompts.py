@@ -16,6 +16,13 @@ from dapl.text_encoder import TextEncoder
 PLACEHOLDER = "X"
 
 
+def prompt_classname(name: str) -> str:
+    """The class name as it is written into a prompt: ``_`` -> space, as the released DAPL code does itself
+    (``traffic_light`` and ``traffic light`` give the same tokens). Done here, once, for every caller; the
+    tokenizer lower-cases anyway."""
+    return name.replace("_", " ")
+
+
 def prompt_text(cfg: PromptConfig, classname: str, domain: str) -> str:
     """The tokenised text behind a prompt; the ``X`` placeholders are replaced by learned vectors."""
     ctx = " ".join([PLACEHOLDER] * (cfg.m1 + cfg.m2))
@@ -47,9 +54,9 @@ class PromptLearner(nn.Module):
         dev = bundle.device
 
         if not cfg.learned:  # manual prompt: nothing to learn, identical for every domain
-            texts = [manual_template.format(c) for c in classnames] * D
+            texts = [manual_template.format(prompt_classname(c)) for c in classnames] * D
         else:
-            texts = [prompt_text(cfg, c, d) for d in domains for c in classnames]
+            texts = [prompt_text(cfg, prompt_classname(c), d) for d in domains for c in classnames]
         tokens = bundle.tokenizer(texts).to(dev)
         eot = tokens.argmax(dim=-1)
         with torch.no_grad():

@@ -10,13 +10,15 @@ import torch.nn.functional as F
 
 from dapl.losses import clip_logits
 from dapl.models import ClipBundle
+from dapl.prompts import prompt_classname
 
 
 def zero_shot_text(bundle: ClipBundle, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
-    """The hand-written prompt for every class, encoded once: ``[K, E]`` L2-normalised."""
+    """The hand-written prompt for every class, encoded once: ``[K, E]`` L2-normalised (class names written as
+    the prompt builder writes them: ``_`` -> space)."""
     if "{}" not in template:
         raise ValueError(f"pseudo.template={template!r} needs a '{{}}' where the class name goes")
-    return F.normalize(bundle.encode_texts([template.format(c) for c in classnames]), dim=-1)
+    return F.normalize(bundle.encode_texts([template.format(prompt_classname(c)) for c in classnames]), dim=-1)
 
 
 @dataclass

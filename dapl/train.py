@@ -3,7 +3,7 @@
 A step encodes every learned prompt once (shared by the source and target halves of the batch) and scores
 cached image features against them; evaluation each epoch is one matrix product over cached test features.
 Each epoch draws its order from ``(seed, epoch)`` alone, so a run resumed from an epoch checkpoint ends
-bit-equal to an uninterrupted one.
+bit-equal to an uninterrupted one on the same machine with the same thread count (float sums depend on both).
 """
 
 from __future__ import annotations

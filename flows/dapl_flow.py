@@ -22,6 +22,7 @@ from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
 from flows import plan, runners
 from tasks import evaluate, extract_features, fetch, index, summarise, toy_pretrain, tracking, train_prompts, zero_shot
 from tasks.common import code_version, results_dir
+from tasks.train import complete_tracking
 
 
 def _weights_identity(cfg) -> str:
@@ -156,14 +157,27 @@ def dapl(
         zres = [z.result() for z in zs.values() if z.state.is_completed()]
         if not rows:
             raise RuntimeError(f"every run failed: {failed}")
+        # runs whose MLflow tracking was lost mid-flow (this run's or an earlier one's): logged again from disk
+        replayed, untracked = complete_tracking([r.config.output_dir for r in runs], track)
+        for r in rows:
+            r["run_id"] = replayed.get(str(r.get("output_dir")), r.get("run_id"))
+        if replayed:
+            log.info("logged %d run(s) whose MLflow tracking had been lost, from their files", len(replayed))
         summary = summarise(sweep.kind, rows, zres, str(rdir), track)
         cached = sum(1 for r in rows if r["cached"])
-        tracking.set_tags(uri, parent, {"runs_failed": len(failed), "orphans_marked_failed": len(swept)})
+        tracking.best_effort("parent tags", tracking.set_tags, uri, parent, {
+            "runs_failed": len(failed), "orphans_marked_failed": len(swept), "runs_untracked": len(untracked)})
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
-        tracking.end_run(uri, parent, "FINISHED")
+        if untracked:
+            raise RuntimeError(
+                f"MLflow tracking is missing for {len(untracked)} of {len(runs)} runs; they are trained and their "
+                f"results are on disk ({rdir}):\n  " + "\n  ".join(untracked.values()) +
+                f"\nMake {uri} reachable and run the same flow again: these runs are logged from their files, "
+                "without retraining.")
+        tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FINISHED")
     except BaseException:
-        tracking.end_run(uri, parent, "FAILED")
+        tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
         raise
     print(f"\n{kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")

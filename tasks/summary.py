@@ -29,13 +29,17 @@ def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str,
                         plots.settings_png(df, out / "plots" / "prompt_settings.png"),
                         plots.m1m2_png(df, out / "plots" / "m1m2_heatmap.png"),
                         plots.tau_png(df, out / "plots" / "accuracy_vs_tau.png")) if p is not None]
-    if track and track.get("parent_run_id"):
+    if track and track.get("parent_run_id"):  # the files above are the results; MLflow gets a copy if it can
         uri, run_id = track["uri"], track["parent_run_id"]
-        tracking.log_artifacts(uri, run_id, list(files.values()), "results")
-        tracking.log_artifacts(uri, run_id, pngs, "plots")
         avg = {f"avg.{m}": a for m, a in zip(table["method"].to_list(), table["avg"].to_list(), strict=True)}
-        tracking.log_metrics(uri, run_id, avg)
-        tracking.set_tags(uri, run_id, {"runs": len(rows),
-                                        "runs_from_cache": sum(1 for r in rows if r.get("cached"))})
+
+        def log_summary() -> None:
+            tracking.log_artifacts(uri, run_id, list(files.values()), "results")
+            tracking.log_artifacts(uri, run_id, pngs, "plots")
+            tracking.log_metrics(uri, run_id, avg)
+            tracking.set_tags(uri, run_id, {"runs": len(rows),
+                                            "runs_from_cache": sum(1 for r in rows if r.get("cached"))})
+
+        tracking.best_effort("log summary", log_summary)
     get_run_logger().info("%s results (%d runs):\n%s", kind, len(rows), md)
     return {"markdown": md, "files": {k: str(v) for k, v in files.items()}, "plots": [str(p) for p in pngs]}

@@ -3,16 +3,25 @@ every run carries, batched metrics, and the sweep that marks runs of killed proc
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids (never the fluent API's thread-local
 "active run"), so concurrent tasks in threads or Dask worker processes cannot log into each other's runs.
+
+Tracking never costs a training: once the flow has started, every MLflow call of a run goes through
+:class:`RunLog`, which retries with back-off (``DAPL_TRACKING_RETRY_DELAYS``, seconds, default ``1,2,4,8,16``)
+and, if the backend is still gone, stops logging that run and leaves ``tracking_pending.json`` in its output
+folder. The flow then logs such runs again from the files on disk (:func:`replay_run`) and, if that fails too,
+ends with a message listing them; the next flow run logs them without retraining. MLflow's own HTTP retries
+default to 0 here (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``; its default waits minutes per call on a dead server).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +34,10 @@ import yaml
 from tasks.common import PROJECT_ROOT
 
 DEFAULT_EXPERIMENT = "dapl"
+PENDING_FILE = "tracking_pending.json"
+RETRY_ENV = "DAPL_TRACKING_RETRY_DELAYS"
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the back-off below is ours
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -233,3 +246,130 @@ def sweep_orphans(uri: str, experiment_id: str) -> list[str]:
         c.set_terminated(r.info.run_id, status="FAILED")
         marked.append(r.info.run_id)
     return marked
+
+
+# -- surviving a tracking outage --------------------------------------------------------------------------
+class TrackingLost(RuntimeError):
+    """An MLflow call still failed after every retry."""
+
+
+def retry_delays() -> list[float]:
+    raw = os.environ.get(RETRY_ENV, "1,2,4,8,16")
+    try:
+        return [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError as e:
+        raise ValueError(f"{RETRY_ENV}={raw!r}: give comma-separated seconds, e.g. '1,2,4'") from e
+
+
+def with_retry(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, retried after each delay of :func:`retry_delays`; :class:`TrackingLost` at the end."""
+    last: Exception | None = None
+    for delay in [0.0, *retry_delays()]:
+        if delay:
+            time.sleep(delay)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - connection refused, HTTP 5xx, sqlite "database is locked", ...
+            last = e
+    raise TrackingLost(f"{what}: {type(last).__name__}: {last}") from last
+
+
+def best_effort(what: str, fn, *args, **kwargs) -> bool:
+    """Like :func:`with_retry` but reports failure as False (for the flow's own parent run and summary)."""
+    try:
+        with_retry(what, fn, *args, **kwargs)
+        return True
+    except TrackingLost as e:
+        import logging
+
+        logging.getLogger("dapl.tracking").warning("MLflow unreachable, not logged: %s", e)
+        return False
+
+
+def read_pending(out_dir: str | Path) -> dict | None:
+    f = Path(out_dir) / PENDING_FILE
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_pending(out_dir: Path, rec: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{PENDING_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps(rec, indent=1, default=str))
+    os.replace(tmp, out_dir / PENDING_FILE)
+
+
+class RunLog:
+    """The MLflow run of one training, as a journal that cannot fail the training.
+
+    ``tracking_pending.json`` in the run's output folder holds what a replay needs (name, tags, params) from the
+    start until the run's tracking is complete (:meth:`complete`); a call that still fails after the retries
+    marks it ``lost`` and every later call of this run is skipped (one wait per run, not one per metric)."""
+
+    def __init__(self, uri: str, experiment_id: str, out_dir: str | Path, name: str, tags: dict[str, Any],
+                 params: dict[str, Any], parent_run_id: str | None = None) -> None:
+        self.uri, self.out = uri, Path(out_dir)
+        self.rec = {"uri": uri, "experiment_id": experiment_id, "name": name,
+                    "tags": {k: str(v) for k, v in tags.items()}, "params": {k: str(v) for k, v in params.items()},
+                    "parent_run_id": parent_run_id, "run_id": None, "lost": None}
+        _write_pending(self.out, self.rec)
+        self.run_id = self.call("start run", start_run, uri, experiment_id, name, tags, parent_run_id)
+        if self.run_id:
+            self.rec["run_id"] = self.run_id
+            _write_pending(self.out, self.rec)
+            self.call("log params", log_params, uri, self.run_id, params)
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, run_id: str | None, uri: str) -> RunLog:
+        """The journal of an existing run (the evaluate task's view of the training's run)."""
+        self = cls.__new__(cls)
+        self.uri, self.out, self.run_id = uri, Path(out_dir), run_id
+        self.rec = read_pending(out_dir) or {"run_id": run_id, "lost": None}
+        return self
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.rec.get("lost"))
+
+    def call(self, what: str, fn, *args, **kwargs):
+        if self.rec.get("lost"):
+            return None
+        try:
+            return with_retry(what, fn, *args, **kwargs)
+        except TrackingLost as e:
+            self.rec["lost"] = str(e)
+            _write_pending(self.out, self.rec)
+            return None
+
+    def complete(self) -> None:
+        """Everything of this run is in MLflow: the journal goes."""
+        if not self.lost:
+            (self.out / PENDING_FILE).unlink(missing_ok=True)
+
+
+def replay_run(out_dir: str | Path, uri: str, experiment_id: str, parent_run_id: str | None,
+               log_all) -> str:
+    """Log a finished run whose tracking was lost, from its files on disk, into a new MLflow run (retried; raises
+    :class:`TrackingLost`). ``log_all(uri, run_id, out_dir)`` logs metrics and artifacts from the files. The lost
+    partial run, if the backend has it, is marked FAILED and points to the new one. Returns the new run id."""
+    out = Path(out_dir)
+    rec = read_pending(out)
+    if rec is None:
+        raise FileNotFoundError(f"{out / PENDING_FILE}: nothing to replay")
+    tags = {**rec.get("tags", {}), "dapl.tracking_replayed": "true",
+            "dapl.tracking_lost": str(rec.get("lost") or "")[:4000]}
+    run_id = with_retry("start run", start_run, uri, experiment_id, rec["name"], tags, parent_run_id)
+    with_retry("log params", log_params, uri, run_id, rec.get("params", {}))
+    with_retry("log from disk", log_all, uri, run_id, out)
+    with_retry("end run", end_run, uri, run_id, "FINISHED")
+    old = rec.get("run_id")
+    if old and old != run_id:
+        best_effort("mark partial run", set_tags, uri, old, {"dapl.failure": f"tracking lost ({rec.get('lost')}); "
+                    f"logged again from disk as run {run_id}"})
+        best_effort("end partial run", end_run, uri, old, "FAILED")
+    (out / PENDING_FILE).unlink(missing_ok=True)
+    return run_id

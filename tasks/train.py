@@ -58,44 +58,96 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
     start = checkpoint_epoch(run_cfg.output_dir)
     if start:
         log.info("%s: resuming from the epoch-%d checkpoint in %s", run_name(rs), start, run_cfg.output_dir)
-    run_id = None
+    rl: tracking.RunLog | None = None
     uri = (track or {}).get("uri")
     if track:
         axes = run.axes()
         tags = {**track.get("tags", {}), "pair": rs.pair, "method": rs.label, "seed": rs.seed,
                 "setting": axes["sweep.setting"], "prefect.task_run_id": run_context()["task_run_id"],
                 "prefect.flow_run_id": run_context()["flow_run_id"], "dapl.resumed_from_epoch": start}
-        run_id = tracking.start_run(uri, track["experiment_id"], run_name(rs), tags, track.get("parent_run_id"))
-        tracking.log_params(uri, run_id, {**run_cfg.flat(), **axes})
+        rl = tracking.RunLog(uri, track["experiment_id"], run_cfg.output_dir, run_name(rs), tags,
+                             {**run_cfg.flat(), **axes}, track.get("parent_run_id"))
+    run_id = rl.run_id if rl else None
     logged: set[int] = set()
 
     def on_epoch(rec: dict) -> None:
-        if run_id:
-            tracking.log_metrics(uri, run_id, {k: rec[k] for k in EPOCH_METRICS if k in rec}, step=rec["epoch"])
+        if rl:
+            rl.call("log epoch", tracking.log_metrics, uri, run_id,
+                    {k: rec[k] for k in EPOCH_METRICS if k in rec}, step=rec["epoch"])
         logged.add(int(rec["epoch"]))
 
     try:
         row = run_one(run, bundle=clip_bundle(run_cfg), manifest=load_manifest(manifest, manifest_sha),
                       progress=False, on_epoch=on_epoch)
-        out = Path(run_cfg.output_dir)
-        if run_id:
-            hist = out / "history.csv"
-            if hist.is_file():  # epochs trained before a resume, and the manual prompt's single evaluation
-                for rec in pl.read_csv(hist).to_dicts():
-                    if int(rec["epoch"]) not in logged:
-                        tracking.log_metrics(uri, run_id, {k: rec[k] for k in EPOCH_METRICS if k in rec},
-                                             step=int(rec["epoch"]))
-            tracking.log_artifacts(uri, run_id, [out / f for f in ("prompts.safetensors", "prompts.json",
-                                                                   "nearest_tokens.txt", "nearest_tokens.json")],
-                                   "prompts")
-            tracking.log_artifacts(uri, run_id, [out / "history.csv", out / "metrics.json"], "metrics")
-            tracking.end_run(uri, run_id, "FINISHED")
+        if rl:
+            rl.call("log training files", log_training_files, uri, run_id, Path(run_cfg.output_dir), logged)
+            rl.call("end run", tracking.end_run, uri, run_id, "FINISHED")
     except BaseException:
-        if run_id:
-            tracking.end_run(uri, run_id, "FAILED")
+        if rl:
+            rl.call("end run", tracking.end_run, uri, run_id, "FAILED")
         raise
+    if rl and rl.lost:
+        log.warning("%s: trained; MLflow tracking lost (%s) - it is logged from %s later", run_name(rs),
+                    rl.rec["lost"], run_cfg.output_dir)
     log.info("%s: %s%% (zero-shot %s%%)", run_name(rs), _fmt(row["accuracy"]), _fmt(row["zero_shot"]))
     return {**row, "run_id": run_id, "resumed_from_epoch": start, **run_context()}
+
+
+def log_training_files(uri: str, run_id: str, out: Path, logged: set[int] | None = None) -> None:
+    """Per-epoch metrics from ``history.csv`` (those not logged live: epochs trained before a resume, the manual
+    prompt's single evaluation) and the prompt/metric files."""
+    hist = out / "history.csv"
+    if hist.is_file():
+        for rec in pl.read_csv(hist).to_dicts():
+            if int(rec["epoch"]) not in (logged or set()):
+                tracking.log_metrics(uri, run_id, {k: rec[k] for k in EPOCH_METRICS if k in rec},
+                                     step=int(rec["epoch"]))
+    tracking.log_artifacts(uri, run_id, [out / f for f in ("prompts.safetensors", "prompts.json",
+                                                           "nearest_tokens.txt", "nearest_tokens.json")], "prompts")
+    tracking.log_artifacts(uri, run_id, [out / "history.csv", out / "metrics.json"], "metrics")
+
+
+def final_metrics(summary: dict) -> dict:
+    """The run's final numbers, flat, as the evaluation logs them."""
+    flat = {f"final.{k}": v for k, v in summary.get("final", {}).items()}
+    flat |= {f"zero_shot.{k}": v for k, v in summary.get("zero_shot", {}).items()}
+    flat |= {f"pseudo_labels.{k}": v for k, v in (summary.get("pseudo_labels") or {}).items()}
+    flat |= {f"oracle.{k}": v for k, v in summary.get("oracle", {}).items()}
+    return flat
+
+
+def log_evaluation_files(uri: str, run_id: str, out: Path) -> None:
+    tracking.log_metrics(uri, run_id, final_metrics(json.loads((out / "metrics.json").read_text())))
+    tracking.log_artifacts(uri, run_id, [out / f for f in ("confusion.csv", "per_class.csv", "confusion.png",
+                                                           "per_class.png")], "evaluation")
+
+
+def log_run_from_disk(uri: str, run_id: str, out: Path) -> None:
+    """Everything a finished run logs, read back from its output folder (the replay after a tracking outage)."""
+    log_training_files(uri, run_id, out)
+    log_evaluation_files(uri, run_id, out)
+
+
+def complete_tracking(out_dirs: list[str | Path], track: dict) -> tuple[dict[str, str], dict[str, str]]:
+    """Log every finished run whose MLflow tracking was lost (``tracking_pending.json`` beside its
+    ``metrics.json``) from its files, into the flow's parent run. Returns ``({out_dir: new run id}, {out_dir:
+    why it is still missing})``; nothing is retrained."""
+    done, missing = {}, {}
+    for d in out_dirs:
+        out = Path(d)
+        rec = tracking.read_pending(out)
+        if rec is None or not (out / "metrics.json").is_file():
+            continue  # complete, or not trained (a failed run is reported as such)
+        if not rec.get("name"):
+            missing[str(out)] = (f"{out / tracking.PENDING_FILE} lacks the run's name; delete it and the run's "
+                                 "folder to train and log it again")
+            continue
+        try:
+            done[str(out)] = tracking.replay_run(out, track["uri"], track["experiment_id"],
+                                                 track.get("parent_run_id"), log_run_from_disk)
+        except Exception as e:  # noqa: BLE001 - still unreachable (TrackingLost) or a file problem: reported
+            missing[str(out)] = f"{rec['name']}: {e}"
+    return done, missing
 
 
 def _fmt(v: Any) -> str:
@@ -113,14 +165,9 @@ def evaluate(row: dict, track: dict | None = None) -> dict:
         pngs.append(plots.confusion_png(out / "confusion.csv", out / "confusion.png", f"confusion: {title}"))
     if (out / "per_class.csv").is_file():
         pngs.append(plots.per_class_png(out / "per_class.csv", out / "per_class.png", f"per class: {title}"))
-    flat = {f"final.{k}": v for k, v in summary.get("final", {}).items()}
-    flat |= {f"zero_shot.{k}": v for k, v in summary.get("zero_shot", {}).items()}
-    flat |= {f"pseudo_labels.{k}": v for k, v in (summary.get("pseudo_labels") or {}).items()}
-    flat |= {f"oracle.{k}": v for k, v in summary.get("oracle", {}).items()}
     if track and row.get("run_id"):
-        uri = track["uri"]
-        tracking.log_metrics(uri, row["run_id"], flat)
-        tracking.log_artifacts(uri, row["run_id"], [out / "confusion.csv", out / "per_class.csv", *pngs],
-                               "evaluation")
+        rl = tracking.RunLog.resume(out, row["run_id"], track["uri"])
+        rl.call("log evaluation", log_evaluation_files, track["uri"], row["run_id"], out)
+        rl.complete()
     return {**row, "final": summary.get("final", {}), "oracle": summary.get("oracle", {}),
             "plots": [str(p) for p in pngs]}

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dapl.config import ModelConfig
-from dapl.models import WeightsNotFoundError, load_clip
+from dapl.models import CheckpointMismatchError, WeightsNotFoundError, load_clip
+from tests.tolerances import assert_close
 
 # OpenAI's convention: 64-wide heads in both towers (what build_model_from_openai_state_dict infers)
 OPENAI_TINY = {
@@ -23,30 +24,110 @@ OPENAI_TINY = {
 }
 
 
+def _openai_clip(arch: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny CLIP with OpenAI's layout and activation, its weights fp16-exact as OpenAI's released ones are."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**OPENAI_TINY[arch]).eval()
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+        for m in model.modules():  # BatchNorm statistics that matter
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_((torch.randn_like(m.running_mean) * 0.1).half().float())
+                m.running_var.copy_((torch.rand_like(m.running_var) + 0.5).half().float())
+    return model
+
+
+def _logits(model: torch.nn.Module) -> torch.Tensor:
+    torch.manual_seed(7)
+    x = torch.randn(3, 3, 32, 32)
+    t = open_clip.tokenize(["a photo of a dog.", "a cat", "traffic light"])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(t), dim=-1)
+        return model.logit_scale.exp() * img @ txt.T
+
+
+def _save_openai(model: torch.nn.Module, path, fmt: str) -> None:
+    """Write ``model`` the ways OpenAI-format files exist in the wild."""
+    if fmt == "torchscript":  # OpenAI's released files: TorchScript with the three extra entries as buffers
+        import copy
+
+        m = copy.deepcopy(model)
+        for k, v in (("input_resolution", 32), ("context_length", 77), ("vocab_size", 49408)):
+            if hasattr(m, k):
+                delattr(m, k)
+            m.register_buffer(k, torch.tensor(v))
+        torch.jit.script(m.half()).save(str(path))
+        return
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    if "fp16" in fmt:  # clip.load(..., jit=False) on a GPU, then state_dict()
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    if "resolution" in fmt:
+        sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    if "module" in fmt:  # a DataParallel training checkpoint
+        sd = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}
+    torch.save(sd, path)
+
+
+OPENAI_FORMATS = ["torchscript", "fp32", "fp16", "fp32-resolution", "fp16-resolution", "fp16-module",
+                  "fp32-module-resolution"]
+
+
+@pytest.mark.parametrize("fmt", OPENAI_FORMATS)
 @pytest.mark.parametrize("arch", ["vit", "rn"])
-def test_openai_state_dict_file(tmp_path, arch):
+def test_openai_files_load_to_the_reference_logits(tmp_path, arch, fmt):
     cfg_path = tmp_path / f"openai-tiny-{arch}.json"
     cfg_path.write_text(json.dumps(OPENAI_TINY[arch]))
-    torch.manual_seed(0)
-    src = open_clip.CLIP(**OPENAI_TINY[arch])
-    sd = {k: v.clone() for k, v in src.state_dict().items()}
-    sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    ref = _openai_clip(arch)
     f = tmp_path / "tiny-openai.pt"
-    torch.save(sd, f)
-
+    _save_openai(ref, f, fmt)
     bundle = load_clip(ModelConfig(name=str(cfg_path), pretrained=str(f), device="cpu"))
-    expected = open_clip.model.build_model_from_openai_state_dict(dict(sd)).float().eval()
-    assert bundle.identity.startswith("openai-file:")
+    assert bundle.identity.startswith("openai-file:" if fmt == "torchscript" or "resolution" in fmt else "openai-tiny")
     assert not bundle.model.training and not any(p.requires_grad for p in bundle.model.parameters())
-    bns = [m for m in bundle.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert all(not m.training for m in bns)
-    x = torch.randn(2, 3, 32, 32)
-    t = open_clip.tokenize(["a photo of a dog.", "a cat"])
-    with torch.no_grad():
-        assert torch.allclose(bundle.model.encode_image(x), expected.encode_image(x), atol=1e-5)
-        assert torch.allclose(bundle.model.encode_text(t), expected.encode_text(t), atol=1e-5)
-    # the file is OpenAI's fp16-rounded weights: same numbers, fp32 storage
+    assert all(not m.training for m in bundle.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert next(bundle.model.parameters()).dtype == torch.float32
+    assert bundle.image_size == 32
+    assert_close(_logits(bundle.model), _logits(ref))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "fp16-resolution"])
+def test_openai_weights_under_a_gelu_config_are_refused(tmp_path, fmt):
+    gelu = {k: v for k, v in OPENAI_TINY["vit"].items() if k != "quick_gelu"}
+    cfg_path = tmp_path / "gelu-tiny.json"
+    cfg_path.write_text(json.dumps(gelu))
+    f = tmp_path / "openai.pt"
+    _save_openai(_openai_clip("vit"), f, fmt)
+    with pytest.raises(CheckpointMismatchError, match="QuickGELU.*GELU"):
+        load_clip(ModelConfig(name=str(cfg_path), pretrained=str(f), device="cpu"))
+    # the two activations really give different logits: loading silently with GELU would be wrong
+    gelu_model = open_clip.CLIP(**gelu).eval()
+    gelu_model.load_state_dict(_openai_clip("vit").state_dict())
+    assert (_logits(gelu_model) - _logits(_openai_clip("vit"))).abs().max() > 1e-3
+
+
+def test_open_clip_file_whose_config_says_quickgelu_is_refused_under_gelu(tmp_path, tiny_config_dir):
+    d = tmp_path / "hf"
+    d.mkdir()
+    torch.save(_openai_clip("vit").state_dict(), d / "open_clip_pytorch_model.bin")
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": OPENAI_TINY["vit"]}))
+    gelu = tmp_path / "gelu-tiny.json"
+    gelu.write_text(json.dumps({k: v for k, v in OPENAI_TINY["vit"].items() if k != "quick_gelu"}))
+    with pytest.raises(CheckpointMismatchError, match="QuickGELU.*gelu-tiny.*GELU"):
+        load_clip(ModelConfig(name=str(gelu), pretrained=str(d / "open_clip_pytorch_model.bin"), device="cpu"))
+
+
+def test_shapes_that_disagree_with_the_named_config_name_both(tmp_path, tiny_config_dir):
+    f = tmp_path / "openai.pt"
+    _save_openai(_openai_clip("rn"), f, "fp32")  # no OpenAI marker: read as an open_clip file for the named config
+    with pytest.raises(CheckpointMismatchError, match=r"tiny-vit.*disagree.*vision.layers: \[1, 1, 1, 1\] vs 2"):
+        load_clip(ModelConfig(name=str(tiny_config_dir / "tiny-vit.json"), pretrained=str(f), device="cpu"))
+    _save_openai(_openai_clip("rn"), f, "torchscript")  # OpenAI's: its own architecture vs the named one
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps({**OPENAI_TINY["rn"], "embed_dim": 64}))
+    with pytest.raises(CheckpointMismatchError, match="embed_dim: 32 vs 64"):
+        load_clip(ModelConfig(name=str(wide), pretrained=str(f), device="cpu"))
 
 
 def test_open_clip_format_file(tmp_path, tiny_config_dir):
