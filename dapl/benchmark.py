@@ -37,7 +37,8 @@ def run_one(run: Run, bundle=None, manifest=None, progress: bool = True,
             "seed": spec.seed, "accuracy": final.get(metric), "zero_shot": summary["zero_shot"].get(metric),
             "pl_coverage": summary["pseudo_labels"]["coverage"], "pl_accuracy": summary["pseudo_labels"]["accuracy"],
             "output_dir": cfg.output_dir.as_posix(), "axis": spec.axis, "setting": cfg.prompt.setting.value,
-            "m1": cfg.prompt.m1, "m2": cfg.prompt.m2, "tau": cfg.tau}
+            "m1": cfg.prompt.m1, "m2": cfg.prompt.m2, "tau": cfg.tau,
+            "diverged": bool(summary.get("diverged"))}
 
 
 def results_table(rows: list[dict], methods: list[str] | None = None) -> pl.DataFrame:

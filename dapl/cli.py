@@ -153,6 +153,10 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     text = write_tables(rows, out, a.kind).markdown
     print(text)
     print(format_recipe(cfg))
+    diverged = [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get("diverged")]
+    if diverged:
+        print(f"warning: {len(diverged)} run(s) diverged (see their metrics.json): {', '.join(diverged)}",
+              file=sys.stderr)
     (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     print(f"tables in {out}/{a.kind}_table.md (per-seed mean ± std: {a.kind}_seeds.csv)")
     return 0

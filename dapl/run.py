@@ -127,6 +127,7 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res
         "final": res.final,
         "selection": res.selection,
         "oracle": res.oracle,
+        "diverged": res.diverged,
         "zero_shot": {k: v for k, v in res.zero_shot.items() if k != "metrics"},
         "pseudo_labels": res.pseudo,
         "metrics": {k: m.to_dict() for k, m in res.target_metrics.items()},

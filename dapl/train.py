@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -35,6 +36,9 @@ from dapl.prompts import PromptLearner
 from dapl.pseudo_labels import pseudo_label, zero_shot_text
 
 CHECKPOINT = "checkpoint.pt"
+DIVERGENCE_RATIO = 1.2  # source loss this many times the untrained prompt's: training made the prompts worse
+_PROBE = 4096  # source images (a fixed subset) on which the divergence check scores the prompts
+log = logging.getLogger("dapl.train")
 TRAIN_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
 
 
@@ -97,6 +101,7 @@ class TrainResult:
     oracle: dict  # target-label choice, reported only as "oracle"
     pseudo: dict
     target_metrics: dict[str, Metrics] = field(default_factory=dict)
+    diverged: dict | None = None  # first epoch whose prompts scored worse than at init (see Trainer._divergence)
 
 
 def lr_factor(step: int, total: int, warmup: int, warmup_ratio: float) -> float:
@@ -213,6 +218,9 @@ class TrainState:
     use_tgt: bool = False
     history: list[dict] = field(default_factory=list)
     best: dict | None = None  # label-free selection
+    probe: torch.Tensor | None = None  # source images of the divergence check
+    probe_loss_init: float = float("nan")  # their loss under the untrained prompts
+    diverged: dict | None = None
     metrics: dict[str, Metrics] = field(default_factory=dict)  # the last evaluation
 
 
@@ -293,6 +301,9 @@ class Trainer:
         st.iters = max(1, len(train_idx) // tc.batch_source)
         total, ratio = st.iters * tc.epochs, tc.warmup_lr / tc.lr
         st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda s: lr_factor(s, total, tc.warmup_iters, ratio))
+        gen = torch.Generator().manual_seed(0)  # the same probe images for every seed
+        st.probe = torch.randperm(len(task.source), generator=gen)[:_PROBE].sort().values
+        st.probe_loss_init = self._probe_loss(learner, st)  # the freshly initialised prompts (before any resume)
         st.start = self._maybe_resume(resume, st)
         st.use_tgt = cfg.pseudo.enabled and len(task.target) > 0
         st.step = TrainStep(learner, st.opt, self.scale, tc.loss, tc.text_chunk, src_views,
@@ -323,6 +334,8 @@ class Trainer:
                 on_step()
         rec = self._end_epoch(epoch, st.learner, sums, st.iters, st.tgt_test, st.src_test, st.val_idx, st.zs, st.opt)
         st.metrics = rec.pop("_metrics")
+        rec["probe_source_loss"] = self._probe_loss(st.learner, st)
+        self._divergence(rec, st)
         st.history.append(rec)
         self._select(rec, st)
         if self.on_epoch:
@@ -349,7 +362,34 @@ class Trainer:
         return TrainResult(learner, history, final, st.zero_shot, selection,
                            {"epoch": oracle.get("epoch"), "label": "oracle (selected with target labels)",
                             **{k: v for k, v in oracle.items() if k.startswith("target")}},
-                           st.pseudo, ms)
+                           st.pseudo, ms, st.diverged)
+
+    # divergence -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _probe_loss(self, learner: PromptLearner, st: TrainState) -> float:
+        """Source loss of the current prompts on a fixed subset of source test-view features (label-free for the
+        target: it uses only the source labels the method trains on)."""
+        i = st.probe.to(self.dev)
+        f = F.normalize(st.src_test[i].float(), dim=-1)
+        d = torch.as_tensor(self.task.source.domains, device=self.dev)[i]
+        y = torch.as_tensor(self.task.source.labels, device=self.dev)[i]
+        _, parts = dapl_loss(_normalized_text(learner, self.cfg.train.text_chunk), self.scale, f, d, y,
+                             kind=self.cfg.train.loss)
+        return float(parts["loss_source"])
+
+    def _divergence(self, rec: dict, st: TrainState) -> None:
+        """Say so when training made the prompts worse than their initialisation: a non-finite loss, or a source
+        loss above ``DIVERGENCE_RATIO`` times the untrained prompts' (measured on the toy: collapsed runs end
+        near log(2K), well above that; healthy runs end below their start)."""
+        bad = not (math.isfinite(rec["loss"]) and math.isfinite(rec["probe_source_loss"]))
+        bad = bad or rec["probe_source_loss"] > DIVERGENCE_RATIO * st.probe_loss_init
+        rec["diverged"] = bool(bad)
+        if bad and st.diverged is None:
+            st.diverged = {"epoch": rec["epoch"], "source_loss": rec["probe_source_loss"],
+                           "source_loss_init": st.probe_loss_init, "ratio": DIVERGENCE_RATIO}
+            log.warning("%s: training diverged at epoch %d: source loss %.3f vs %.3f for the untrained prompts "
+                        "(lower train.lr, or check the prompt initialisation); the run goes on and is marked diverged",
+                        self.out, rec["epoch"], rec["probe_source_loss"], st.probe_loss_init)
 
     @torch.no_grad()
     def _end_epoch(self, epoch: int, learner: PromptLearner, sums: dict, iters: int, tgt_test: torch.Tensor,
@@ -403,7 +443,8 @@ class Trainer:
         tmp = path.with_name(f".{CHECKPOINT}.{os.getpid()}.tmp")
         torch.save({"epoch": epoch, "digest": self._run_identity(),
                     "context": st.learner.context_tensors(), "optimizer": st.opt.state_dict(),
-                    "scheduler": st.sched.state_dict(), "history": st.history, "best": st.best}, tmp)
+                    "scheduler": st.sched.state_dict(), "history": st.history, "best": st.best,
+                    "diverged": st.diverged}, tmp)
         os.replace(tmp, path)
 
     def _maybe_resume(self, resume: bool, st: TrainState) -> int:
@@ -423,6 +464,7 @@ class Trainer:
         st.sched.load_state_dict(ck["scheduler"])
         st.history.extend(ck["history"])
         st.best = ck["best"]
+        st.diverged = ck.get("diverged")
         return int(ck["epoch"])
 
 

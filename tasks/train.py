@@ -23,7 +23,8 @@ from tasks.common import clip_bundle, key_fn, load_manifest, run_context
 
 ALL_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data", "output_dir")
 EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
-                 "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss")
+                 "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss",
+                 "probe_source_loss")
 
 
 def checkpoint_epoch(output_dir: str | Path) -> int:
@@ -86,6 +87,9 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
         if rl:
             rl.call("end run", tracking.end_run, uri, run_id, "FAILED")
         raise
+    if row.get("diverged"):
+        log.warning("%s: training diverged (its prompts score worse on the source than untrained ones; see "
+                    "metrics.json 'diverged'); tagged dapl.diverged in MLflow", run_name(rs))
     if rl and rl.lost:
         log.warning("%s: trained; MLflow tracking lost (%s) - it is logged from %s later", run_name(rs),
                     rl.rec["lost"], run_cfg.output_dir)
@@ -105,6 +109,9 @@ def log_training_files(uri: str, run_id: str, out: Path, logged: set[int] | None
     tracking.log_artifacts(uri, run_id, [out / f for f in ("prompts.safetensors", "prompts.json",
                                                            "nearest_tokens.txt", "nearest_tokens.json")], "prompts")
     tracking.log_artifacts(uri, run_id, [out / "history.csv", out / "metrics.json"], "metrics")
+    summary = out / "metrics.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("diverged"):
+        tracking.set_tags(uri, run_id, {"dapl.diverged": "true"})
 
 
 def final_metrics(summary: dict) -> dict:

@@ -248,3 +248,18 @@ def test_multi_target_domains(tmp_path, blob_world, vit):
     assert res.learner.ctx_domain.shape[0] == 3
     assert set(res.target_metrics) == {"dark", "dark2", "all"}
     assert res.target_metrics["all"].n == 2 * res.target_metrics["dark"].n
+
+
+def test_a_diverging_run_says_so(tmp_path, blob_world, vit, caplog):
+    """Prompts that end worse on the source than untrained ones are flagged (history, result, log), not hidden."""
+    task = blob_task(blob_world, per_class=4)
+    bundle = load_clip(make_cfg(tmp_path, vit).model)
+    ok = train(make_cfg(tmp_path, vit, **{"output_dir": str(tmp_path / "ok")}), bundle, task, progress=False)
+    assert ok.diverged is None and not any(r["diverged"] for r in ok.history)
+    with caplog.at_level("WARNING", logger="dapl.train"):
+        bad = train(make_cfg(tmp_path, vit, **{"train.lr": 1e4, "output_dir": str(tmp_path / "bad")}), bundle, task,
+                    progress=False)
+    assert bad.diverged is not None and bad.history[bad.diverged["epoch"] - 1]["diverged"]
+    assert bad.diverged["source_loss"] > bad.diverged["ratio"] * bad.diverged["source_loss_init"] or \
+        not np.isfinite(bad.diverged["source_loss"])
+    assert "diverged" in caplog.text
