@@ -30,7 +30,7 @@ from tests.conftest import TINY_CONFIGS  # noqa: E402
 
 EPOCHS = 3
 OVERRIDES = {"features.views": 1, "features.num_workers": 0, "features.batch_size": 64,
-             "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2}
+             "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2, "prompt.init": None}
 
 
 class MlflowServer:
@@ -174,7 +174,7 @@ def test_server_killed_mid_flow_loses_no_training_and_rerun_completes_tracking(e
         _run(env)
     assert killed, "the server was never killed: no DAPL epoch ran"
     assert "without retraining" in str(e.value) and "real->art dapl seed1" in str(e.value)
-    runs = sorted((env["wd"] / "runs" / "full-benchmark").glob("*/real_art/*/seed1"))
+    runs = sorted((env["wd"] / "runs" / "benchmark").glob("*/real_art/*/seed1"))
     assert [r.parent.name for r in runs] == ["dapl", "zero_shot"]
     for r in runs:  # every training finished and wrote its results
         assert (r / "metrics.json").is_file() and (r / "prompts.json").is_file()
