@@ -20,8 +20,8 @@ def extract_features(cfg: dict, manifest: str, manifest_sha: str, weights_sha: s
     from dapl.run import extract_features as _extract
 
     c = DaplConfig.model_validate(cfg)
-    bundle = clip_bundle(c)
-    out = _extract(c, bundle=bundle, task=build_task(c, load_manifest(manifest, manifest_sha)))
+    task = build_task(c, load_manifest(manifest, manifest_sha))  # unusable data fails before weights load
+    out = _extract(c, bundle=clip_bundle(c), task=task)
     get_run_logger().info("features of %s cached in %s", "+".join(c.data.domains), c.features.cache_dir)
     return {**out, "domains": c.data.domains, **run_context()}
 
@@ -34,7 +34,8 @@ def zero_shot(cfg: dict, manifest: str, manifest_sha: str, weights_sha: str) -> 
     from dapl.run import zero_shot as _zero_shot
 
     c = DaplConfig.model_validate(cfg)
-    res = _zero_shot(c, bundle=clip_bundle(c), task=build_task(c, load_manifest(manifest, manifest_sha)))
+    task = build_task(c, load_manifest(manifest, manifest_sha))  # unusable data fails before weights load
+    res = _zero_shot(c, bundle=clip_bundle(c), task=task)
     pair = f"{'+'.join(c.data.source)}->{'+'.join(c.data.target)}"
     get_run_logger().info("%s zero-shot %.1f%%, pseudo-labels at tau=%.2f cover %.1f%% (%.1f%% correct)", pair,
                           res.get("target_acc", float("nan")), res["tau"], 100 * res["coverage"],
