@@ -1,0 +1,123 @@
+"""Accuracy impact of the image-encoder precision on the toy benchmark (issue 13, part 2).
+
+    python -m bench.precision                          # fp32, bf16, fp16 on CPU, 3 seeds, params.yaml
+    python -m bench.precision --precisions fp32,bf16 --reuse
+
+For each precision: ``dapl benchmark`` with ``features.precision`` set (every other setting from the config),
+then, against fp32: the cosine similarity of the test-view features of every toy image (min / mean) and the
+change of zero-shot and DAPL accuracy per pair (mean over seeds). The verdict line says whether bf16 stays within
+0.3 points on every toy average, the condition for ``auto`` to pick it on a CPU. Written into a block of
+docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from bench.common import loadavg, md_table
+from bench.run import write_block
+
+LIMIT_POINTS = 0.3
+
+
+def run_benchmark(config: str, precision: str, seeds: str, runs_dir: Path, device: str, reuse: bool) -> Path:
+    csv = runs_dir / precision / "benchmark_runs.csv"
+    if reuse and csv.exists():
+        return csv
+    cmd = [sys.executable, "-m", "dapl.cli", "benchmark", "-c", config, "--seeds", seeds, "--quiet",
+           "--set", f"features.precision={precision}", "--set", f"model.device={device}",
+           "--runs-dir", str(runs_dir / precision)]
+    print("[precision]", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return csv
+
+
+def feature_cosines(config: str, precisions: list[str], device: str) -> dict[str, tuple[float, float]]:
+    """Cosine of each precision's test-view features to fp32, over every image of the toy manifest."""
+    from dapl.config import DaplConfig
+    from dapl.features import FeatureCache
+    from dapl.models import load_clip
+    from dapl.run import load_manifest
+
+    cfg = DaplConfig.load(config).with_overrides({"model.device": device})
+    bundle = load_clip(cfg.model)
+    m = load_manifest(cfg)
+    images = m.image_set(list(m.domains))
+    fc = cfg.features
+    ref = FeatureCache.from_config(fc.model_copy(update={"precision": "fp32"}), bundle).test_features(images)
+    out = {}
+    for p in precisions:
+        f = FeatureCache.from_config(fc.model_copy(update={"precision": p}), bundle).test_features(images)
+        cos = torch.nn.functional.cosine_similarity(ref.float(), f.float(), dim=-1)
+        out[p] = (float(cos.min()), float(cos.mean()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", default="params.yaml")
+    p.add_argument("--precisions", default="fp32,bf16,fp16", help="fp32 is always included (the reference)")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--runs-dir", default="runs/precision")
+    p.add_argument("--reuse", action="store_true", help="reuse a precision's runs already in --runs-dir")
+    p.add_argument("--out", default="docs/PERFORMANCE.md")
+    p.add_argument("--tag", default=None)
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    precs = ["fp32"] + [x for x in a.precisions.split(",") if x and x != "fp32"]
+    runs = Path(a.runs_dir)
+    frames = {}
+    for prec in precs:
+        csv = run_benchmark(a.config, prec, a.seeds, runs, a.device, a.reuse)
+        frames[prec] = (pl.read_csv(csv).group_by(["method", "pair"]).agg(pl.col("accuracy").mean() * 100,
+                                                                          pl.len().alias("seeds")))
+    from dapl.features import resolve_precision
+
+    resolved = {x: resolve_precision(x, a.device) for x in precs}
+    cos = feature_cosines(a.config, [x for x in precs if x != "fp32"], a.device)
+    ref = frames["fp32"].rename({"accuracy": "ref"})
+    rows, worst = [], {}
+    for prec in precs:
+        j = frames[prec].join(ref.select(["method", "pair", "ref"]), on=["method", "pair"])
+        for method in sorted(j["method"].unique().to_list()):
+            s = j.filter(pl.col("method") == method).with_columns((pl.col("accuracy") - pl.col("ref")).alias("d"))
+            avg, avg_ref = float(s["accuracy"].mean()), float(s["ref"].mean())
+            worst[(prec, method)] = abs(avg - avg_ref)
+            c = cos.get(prec, (1.0, 1.0))
+            rows.append([prec if resolved[prec] == prec else f"{prec} (= {resolved[prec]})", method,
+                         f"{c[0]:.5f}", f"{c[1]:.5f}", f"{avg:.2f}", f"{avg - avg_ref:+.2f}",
+                         f"{float(s['d'].abs().max()):.2f}", f"{float(s['d'].mean()):+.2f}", int(s["seeds"].min())])
+    bf = [v for (pr, _), v in worst.items() if resolved[pr] == "bf16"]
+    verdict = ("not measured" if not bf else
+               f"bf16 changes a toy average by at most {max(bf):.2f} points: "
+               + ("within" if max(bf) <= LIMIT_POINTS else "OVER") + f" the {LIMIT_POINTS} limit")
+    body = [md_table(["precision", "method", "feature cosine to fp32: min", "mean", "avg accuracy (%)",
+                      "Δ avg vs fp32 (points)", "max |Δ| over pairs", "mean Δ over pairs", "seeds"], rows),
+            f"\n**{verdict}.** Toy benchmark: `dapl benchmark -c {a.config} --seeds {a.seeds}` on `{a.device}` "
+            "with `features.precision` set, every other setting from the config (the shipped toy CLIP "
+            "checkpoint `dapl/assets/toy-clip.pt` and params.yaml at the time of the run). Δ = accuracy − fp32 "
+            "accuracy of the same pair and method (mean over seeds); the training itself is fp32 in every row, "
+            "only the cached image features differ. Feature cosine over the test view of every toy image.",
+            f"\nFinished in {time.time() - t0:.0f} s; load average at the end "
+            "{:.2f} {:.2f} {:.2f} (shared 2-core machine).".format(*loadavg())]
+    print("\n".join(body))
+    tag = a.tag or f"precision-{a.device}"
+    if a.out:
+        title = f"## Results: {tag} (generated by `bench/precision.py`, {time.strftime('%Y-%m-%d %H:%M')})\n\n"
+        write_block(Path(a.out), tag, title + "\n".join(body))
+        print(f"written to {a.out} (block '{tag}')")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
