@@ -191,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         for prec in ("bf16", "fp16"):
             f = FeatureCache(Path(d), bundle, num_workers=0, precision=prec).test_features(images).float()
             cos = torch.nn.functional.cosine_similarity(ref, f, dim=-1)
-            crow.append([prec, f"{float(cos.min()):.5f}", f"{float(cos.mean()):.5f}"])
-    body.append("\n" + md_table(["precision", f"cosine to fp32, {a.model} random weights: min", "mean"], crow))
+            crow.append([prec, f"{float(cos.min()):.6f}", f"{float(cos.mean()):.6f}", f"{float((1 - cos).max()):.1e}"])
+    body.append("\n" + md_table(["precision", f"cosine to fp32, {a.model} random weights: min", "mean",
+                                  "max 1 − cos"], crow))
     if not a.skip_processes:
         tvp = threads_vs_processes(a.model, auto)
         for k, v in tvp:

@@ -13,6 +13,7 @@ docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -28,11 +29,13 @@ from bench.run import write_block
 LIMIT_POINTS = 0.3
 
 
-def run_benchmark(config: str, precision: str, seeds: str, runs_dir: Path, device: str, reuse: bool) -> Path:
+def run_benchmark(config: str, precision: str, seeds: str, methods: list[str], runs_dir: Path, device: str,
+                  reuse: bool) -> Path:
     csv = runs_dir / precision / "benchmark_runs.csv"
     if reuse and csv.exists():
         return csv
     cmd = [sys.executable, "-m", "dapl.cli", "benchmark", "-c", config, "--seeds", seeds, "--quiet",
+           "--methods", ",".join(methods),
            "--set", f"features.precision={precision}", "--set", f"model.device={device}",
            "--runs-dir", str(runs_dir / precision)]
     print("[precision]", " ".join(cmd), flush=True)
@@ -40,7 +43,24 @@ def run_benchmark(config: str, precision: str, seeds: str, runs_dir: Path, devic
     return csv
 
 
-def feature_cosines(config: str, precisions: list[str], device: str) -> dict[str, tuple[float, float]]:
+def collect_runs(folder: Path, methods: list[str]) -> pl.DataFrame:
+    """Every finished run under ``folder`` (``<src>_<tgt>/<method>/seed<N>/metrics.json``): a partial
+    benchmark counts too, and only (pair, method, seed) finished for every precision are compared."""
+    rows = []
+    for f in sorted(folder.glob("*/*/seed*/metrics.json")):
+        pair_dir, method, seed = f.parts[-4], f.parts[-3], f.parts[-2]
+        if method not in methods:
+            continue
+        m = json.loads(f.read_text())
+        final = m.get("final", {})
+        acc = final.get("target_metric", final.get("target_acc"))
+        if acc is not None:
+            rows.append({"pair": pair_dir.replace("_", "->", 1), "method": method, "seed": int(seed[4:]),
+                         "accuracy": float(acc)})
+    return pl.DataFrame(rows, schema={"pair": pl.Utf8, "method": pl.Utf8, "seed": pl.Int64, "accuracy": pl.Float64})
+
+
+def feature_cosines(config: str, precisions: list[str], device: str) -> dict[str, tuple[float, float, float]]:
     """Cosine of each precision's test-view features to fp32, over every image of the toy manifest."""
     from dapl.config import DaplConfig
     from dapl.features import FeatureCache
@@ -57,7 +77,7 @@ def feature_cosines(config: str, precisions: list[str], device: str) -> dict[str
     for p in precisions:
         f = FeatureCache.from_config(fc.model_copy(update={"precision": p}), bundle).test_features(images)
         cos = torch.nn.functional.cosine_similarity(ref.float(), f.float(), dim=-1)
-        out[p] = (float(cos.min()), float(cos.mean()))
+        out[p] = (float(cos.min()), float(cos.mean()), float((1 - cos).max()))
     return out
 
 
@@ -69,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--runs-dir", default="runs/precision")
     p.add_argument("--reuse", action="store_true", help="reuse a precision's runs already in --runs-dir")
+    p.add_argument("--partial", action="store_true", help="run nothing: compare the runs finished so far")
+    p.add_argument("--methods", default="zero_shot,dapl")
     p.add_argument("--out", default="docs/PERFORMANCE.md")
     p.add_argument("--tag", default=None)
     a = p.parse_args(argv)
@@ -76,11 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     precs = ["fp32"] + [x for x in a.precisions.split(",") if x and x != "fp32"]
     runs = Path(a.runs_dir)
-    frames = {}
+    methods = a.methods.split(",")
+    raw = {}
     for prec in precs:
-        csv = run_benchmark(a.config, prec, a.seeds, runs, a.device, a.reuse)
-        frames[prec] = (pl.read_csv(csv).group_by(["method", "pair"]).agg(pl.col("accuracy").mean() * 100,
-                                                                          pl.len().alias("seeds")))
+        if not a.partial:
+            run_benchmark(a.config, prec, a.seeds, methods, runs, a.device, a.reuse)
+        raw[prec] = collect_runs(runs / prec, methods)
+    common = raw["fp32"].select(["pair", "method", "seed"])
+    for df in raw.values():
+        common = common.join(df.select(["pair", "method", "seed"]), on=["pair", "method", "seed"])
+    frames = {k: df.join(common, on=["pair", "method", "seed"]).group_by(["method", "pair"]).agg(
+        pl.col("accuracy").mean(), pl.len().alias("seeds")) for k, df in raw.items()}
+    n_pairs = common.select("pair").n_unique()
     from dapl.features import resolve_precision
 
     resolved = {x: resolve_precision(x, a.device) for x in precs}
@@ -93,17 +122,19 @@ def main(argv: list[str] | None = None) -> int:
             s = j.filter(pl.col("method") == method).with_columns((pl.col("accuracy") - pl.col("ref")).alias("d"))
             avg, avg_ref = float(s["accuracy"].mean()), float(s["ref"].mean())
             worst[(prec, method)] = abs(avg - avg_ref)
-            c = cos.get(prec, (1.0, 1.0))
+            c = cos.get(prec, (1.0, 1.0, 0.0))
             rows.append([prec if resolved[prec] == prec else f"{prec} (= {resolved[prec]})", method,
-                         f"{c[0]:.5f}", f"{c[1]:.5f}", f"{avg:.2f}", f"{avg - avg_ref:+.2f}",
-                         f"{float(s['d'].abs().max()):.2f}", f"{float(s['d'].mean()):+.2f}", int(s["seeds"].min())])
+                         f"{c[0]:.6f}", f"{c[1]:.6f}", f"{c[2]:.1e}", f"{avg:.2f}", f"{avg - avg_ref:+.2f}",
+                         f"{float(s['d'].abs().max()):.2f}", f"{float(s['d'].mean()):+.2f}", s.height,
+                         int(s["seeds"].min())])
     bf = [v for (pr, _), v in worst.items() if resolved[pr] == "bf16"]
     verdict = ("not measured" if not bf else
                f"bf16 changes a toy average by at most {max(bf):.2f} points: "
                + ("within" if max(bf) <= LIMIT_POINTS else "OVER") + f" the {LIMIT_POINTS} limit")
-    body = [md_table(["precision", "method", "feature cosine to fp32: min", "mean", "avg accuracy (%)",
-                      "Δ avg vs fp32 (points)", "max |Δ| over pairs", "mean Δ over pairs", "seeds"], rows),
-            f"\n**{verdict}.** Toy benchmark: `dapl benchmark -c {a.config} --seeds {a.seeds}` on `{a.device}` "
+    body = [md_table(["precision", "method", "feature cosine to fp32: min", "mean", "max 1 − cos", "avg accuracy (%)",
+                      "Δ avg vs fp32 (points)", "max |Δ| over pairs", "mean Δ over pairs", "pairs", "seeds"], rows),
+            f"\n**{verdict}** ({n_pairs} pairs{', PARTIAL run' if a.partial else ''}). Toy benchmark: "
+            f"`dapl benchmark -c {a.config} --seeds {a.seeds} --methods {a.methods}` on `{a.device}` "
             "with `features.precision` set, every other setting from the config (the shipped toy CLIP "
             "checkpoint `dapl/assets/toy-clip.pt` and params.yaml at the time of the run). Δ = accuracy − fp32 "
             "accuracy of the same pair and method (mean over seeds); the training itself is fp32 in every row, "
