@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -60,25 +61,34 @@ def collect_runs(folder: Path, methods: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"pair": pl.Utf8, "method": pl.Utf8, "seed": pl.Int64, "accuracy": pl.Float64})
 
 
-def feature_cosines(config: str, precisions: list[str], device: str) -> dict[str, tuple[float, float, float]]:
-    """Cosine of each precision's test-view features to fp32, over every image of the toy manifest."""
+def feature_effects(config: str, precisions: list[str], device: str
+                    ) -> tuple[dict[str, tuple[float, float, float]], dict[str, dict[str, float]]]:
+    """Over the test view of every image of the toy manifest: cosine of each precision's features to fp32
+    (min, mean, max 1 − cos), and zero-shot accuracy per domain (hand-written template; a pair's zero-shot
+    accuracy is its target domain's, so this covers every pair exactly, with no training)."""
     from dapl.config import DaplConfig
     from dapl.features import FeatureCache
     from dapl.models import load_clip
+    from dapl.pseudo_labels import zero_shot_text
     from dapl.run import load_manifest
 
     cfg = DaplConfig.load(config).with_overrides({"model.device": device})
     bundle = load_clip(cfg.model)
     m = load_manifest(cfg)
     images = m.image_set(list(m.domains))
+    text = zero_shot_text(bundle, list(m.classes), cfg.pseudo.template).cpu()
     fc = cfg.features
-    ref = FeatureCache.from_config(fc.model_copy(update={"precision": "fp32"}), bundle).test_features(images)
-    out = {}
-    for p in precisions:
-        f = FeatureCache.from_config(fc.model_copy(update={"precision": p}), bundle).test_features(images)
-        cos = torch.nn.functional.cosine_similarity(ref.float(), f.float(), dim=-1)
-        out[p] = (float(cos.min()), float(cos.mean()), float((1 - cos).max()))
-    return out
+    feats = {p: FeatureCache.from_config(fc.model_copy(update={"precision": p}), bundle).test_features(images).float()
+             for p in ["fp32", *precisions]}
+    cos, zs = {}, {}
+    for p, f in feats.items():
+        if p != "fp32":
+            c = torch.nn.functional.cosine_similarity(feats["fp32"], f, dim=-1)
+            cos[p] = (float(c.min()), float(c.mean()), float((1 - c).max()))
+        pred = (torch.nn.functional.normalize(f, dim=-1) @ text.T).argmax(-1).numpy()
+        zs[p] = {d: 100 * float(np.mean(pred[images.domains == i] == images.labels[images.domains == i]))
+                 for i, d in enumerate(m.domains)}
+    return cos, zs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.partial:
             run_benchmark(a.config, prec, a.seeds, methods, runs, a.device, a.reuse)
         raw[prec] = collect_runs(runs / prec, methods)
+    raw = {k: df for k, df in raw.items() if df.height or k == "fp32"}  # a precision with no finished run: no row
     common = raw["fp32"].select(["pair", "method", "seed"])
     for df in raw.values():
         common = common.join(df.select(["pair", "method", "seed"]), on=["pair", "method", "seed"])
@@ -113,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     from dapl.features import resolve_precision
 
     resolved = {x: resolve_precision(x, a.device) for x in precs}
-    cos = feature_cosines(a.config, [x for x in precs if x != "fp32"], a.device)
+    cos, zs = feature_effects(a.config, [x for x in precs if x != "fp32"], a.device)
     ref = frames["fp32"].rename({"accuracy": "ref"})
     rows, worst = [], {}
-    for prec in precs:
+    for prec in frames:
         j = frames[prec].join(ref.select(["method", "pair", "ref"]), on=["method", "pair"])
         for method in sorted(j["method"].unique().to_list()):
             s = j.filter(pl.col("method") == method).with_columns((pl.col("accuracy") - pl.col("ref")).alias("d"))
@@ -127,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"{c[0]:.6f}", f"{c[1]:.6f}", f"{c[2]:.1e}", f"{avg:.2f}", f"{avg - avg_ref:+.2f}",
                          f"{float(s['d'].abs().max()):.2f}", f"{float(s['d'].mean()):+.2f}", s.height,
                          int(s["seeds"].min())])
+    zavg0 = {pr: float(np.mean(list(zs[pr].values()))) for pr in precs}
+    for pr in precs:
+        worst[(pr, "zero-shot, all domains")] = abs(zavg0[pr] - zavg0["fp32"])
     bf = [v for (pr, _), v in worst.items() if resolved[pr] == "bf16"]
     verdict = ("not measured" if not bf else
                f"bf16 changes a toy average by at most {max(bf):.2f} points: "
@@ -141,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             "only the cached image features differ. Feature cosine over the test view of every toy image.",
             f"\nFinished in {time.time() - t0:.0f} s; load average at the end "
             "{:.2f} {:.2f} {:.2f} (shared 2-core machine).".format(*loadavg())]
+    doms = list(zs["fp32"])
+    zavg = {pr: float(np.mean(list(zs[pr].values()))) for pr in precs}
+    zrows = [[pr, *(f"{zs[pr][d]:.2f} ({zs[pr][d] - zs['fp32'][d]:+.2f})" for d in doms),
+              f"{zavg[pr]:.2f} ({zavg[pr] - zavg['fp32']:+.2f})"] for pr in precs]
+    body.insert(1, "\n" + md_table(["precision", *(f"zero-shot on {d} (Δ)" for d in doms), "average (Δ)"], zrows)
+                + "\n\nZero-shot accuracy per target domain over every toy image (complete: no training, every pair "
+                "with that target), from the same cached test view.")
     print("\n".join(body))
     tag = a.tag or f"precision-{a.device}"
     if a.out:
