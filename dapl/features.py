@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -137,8 +138,13 @@ def cache_key(bundle: ClipBundle, images: ImageSet, transform_id: str, dtype: st
     return h.hexdigest()[:20]
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temp file beside ``path``, private to this process and thread (Prefect runs tasks in threads)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as f:
         np.save(f, arr)
         f.flush()
@@ -297,7 +303,7 @@ class FeatureCache:
         d.mkdir(parents=True, exist_ok=True)
         meta = d / "meta.json"
         if not meta.exists():
-            tmp = meta.with_name(f".meta.json.{os.getpid()}.tmp")
+            tmp = _tmp_name(meta)
             tmp.write_text(json.dumps({"model": self.bundle.identity, "transform": transform_id,
                                        "images": images.fingerprint(), "n": len(images),
                                        "format": FORMAT_VERSION, "dtype": self.dtype,
@@ -318,7 +324,9 @@ class FeatureCache:
         for start in tqdm(range(0, n, step), desc=desc, unit="chunk", disable=None, leave=False):
             stop = min(n, start + step)
             name = _chunk_name(start, stop)
-            todo = [(s, sf) for s, sf in jobs if not (folder / f"{s}.chunks" / name).exists()]
+            # a view joined meanwhile by a concurrent extraction of the same key is done
+            todo = [(s, sf) for s, sf in jobs
+                    if not (folder / f"{s}.npy").exists() and not (folder / f"{s}.chunks" / name).exists()]
             if not todo:
                 continue
             arrays = encode_range(self.encoder, images, transform, [sf for _, sf in todo], start, stop,
@@ -326,6 +334,7 @@ class FeatureCache:
                                   encode_batch=self.encode_batch, dtype=self.dtype, stats=self.stats)
             t0 = time.perf_counter()
             for (s, _), arr in zip(todo, arrays, strict=True):
+                (folder / f"{s}.chunks").mkdir(exist_ok=True)
                 _save_atomic(folder / f"{s}.chunks" / name, arr)
             self.stats.write_s += time.perf_counter() - t0
             self.stats.chunks += len(todo)
@@ -342,7 +351,7 @@ class FeatureCache:
         if n == 0:
             _save_atomic(final, np.empty((0, self.bundle.embed_dim), self.dtype))
             return
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp = _tmp_name(final)
         try:
             width = np.load(parts / _chunk_name(*bounds[0]), mmap_mode="r").shape[1]
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(n, width))
