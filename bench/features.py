@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.common import md_table
     from bench.run import write_block
     from dapl.config import ModelConfig
-    from dapl.features import resolve_precision
+    from dapl.features import cpu_has_native_bf16, resolve_precision
     from dapl.models import load_clip
 
     p = argparse.ArgumentParser(description=main.__doc__)
@@ -145,9 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     auto = resolve_precision("auto", bundle.device)
     t0 = time.perf_counter()
     rows = []
-    res: dict[str, list[Throughput]] = {"fp32": [], "auto": []}
-    for r in range(2):  # interleaved: fp32, auto, auto, fp32
-        for prec in (("fp32", "auto") if r % 2 == 0 else ("auto", "fp32")):
+    paths = ["fp32", "auto"]
+    if auto != "bf16" and bundle.device.type == "cpu" and cpu_has_native_bf16():
+        paths.append("bf16")  # auto declined bf16 (accuracy veto): still show what it would give
+    res: dict[str, list[Throughput]] = {k: [] for k in paths}
+    for r in range(2):  # interleaved, order reversed every other round
+        for prec in (paths if r % 2 == 0 else paths[::-1]):
             tp = measure(bundle, a.model, a.images, a.workers, tmp=None, precision=prec, test_view=False)
             res[prec].append(tp)
             print(f"[extraction] {prec} ({tp.precision}): {tp.train_view_img_s:.2f} img/s train view, "
