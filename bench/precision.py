@@ -143,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         worst[(pr, "zero-shot, all domains")] = abs(zavg0[pr] - zavg0["fp32"])
     bf = [v for (pr, _), v in worst.items() if resolved[pr] == "bf16"]
     verdict = ("not measured" if not bf else
-               f"bf16 changes a toy average by at most {max(bf):.2f} points: "
-               + ("within" if max(bf) <= LIMIT_POINTS else "OVER") + f" the {LIMIT_POINTS} limit")
+               f"bf16 changes a toy average by up to {max(bf):.2f} points: "
+               + (f"within the {LIMIT_POINTS} limit, `auto` may pick it" if max(bf) <= LIMIT_POINTS else
+                  f"OVER the {LIMIT_POINTS} limit, so `auto` must not pick it (AUTO_CPU_BF16 = False)"))
     body = [md_table(["precision", "method", "feature cosine to fp32: min", "mean", "max 1 − cos", "avg accuracy (%)",
                       "Δ avg vs fp32 (points)", "max |Δ| over pairs", "mean Δ over pairs", "pairs", "seeds"], rows),
-            f"\n**{verdict}** ({n_pairs} pairs{', PARTIAL run' if a.partial else ''}). Toy benchmark: "
+            f"\n**{verdict}** ({n_pairs} pairs compared). "
+            "Toy benchmark: "
             f"`dapl benchmark -c {a.config} --seeds {a.seeds} --methods {a.methods}` on `{a.device}` "
             "with `features.precision` set, every other setting from the config (the shipped toy CLIP "
             "checkpoint `dapl/assets/toy-clip.pt` and params.yaml at the time of the run). Δ = accuracy − fp32 "
