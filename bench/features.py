@@ -19,7 +19,7 @@ from PIL import Image
 
 from bench.common import timed
 from dapl.config import FeatureConfig
-from dapl.features import FeatureCache
+from dapl.features import ENCODE_BATCH, ExtractStats, FeatureCache
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle
 
@@ -51,23 +51,170 @@ class Throughput:
     encoder_img_s: float  # encoder only, tensors in memory
     workers: int
     batch_size: int
+    precision: str = "fp32"  # resolved encoder precision
+    loader_share: float = 0.0  # share of the train view's time spent waiting for the DataLoader
 
 
 def measure(bundle: ClipBundle, model_name: str, n_images: int, workers: int = 2, batch_size: int = 64,
-            tmp: Path | None = None) -> Throughput:
+            tmp: Path | None = None, precision: str = "auto", test_view: bool = True) -> Throughput:
     with tempfile.TemporaryDirectory(prefix="dapl-bench-", dir=tmp) as d:
         root = Path(d)
         images = write_jpegs(root / "images", n_images)
-        cache = FeatureCache(root / "cache", bundle, batch_size=batch_size, num_workers=workers)
-        t = time.perf_counter()
-        test = cache.test_features(images)
-        t_test = time.perf_counter() - t
+        cache = FeatureCache(root / "cache", bundle, batch_size=batch_size, num_workers=workers, precision=precision)
+        t_test = float("nan")
+        if test_view:
+            t = time.perf_counter()
+            test = cache.test_features(images)
+            t_test = time.perf_counter() - t
+            assert test.shape == (n_images, bundle.embed_dim)
+        cache.stats = ExtractStats()
         t = time.perf_counter()
         train = cache.train_views(images, 1, FeatureConfig())
         t_train = time.perf_counter() - t
-        assert test.shape == (n_images, bundle.embed_dim) and train.shape == (1, n_images, bundle.embed_dim)
-    x = torch.randn(batch_size, 3, bundle.image_size, bundle.image_size).to(bundle.device)
-    bundle.encode_images(x)  # warm-up
-    t_enc = min(timed(lambda: bundle.encode_images(x), bundle.device) for _ in range(2))
-    return Throughput(model_name, n_images, n_images / t_test, n_images / t_train, batch_size / t_enc, workers,
-                      batch_size)
+        share = cache.stats.to_dict()["loader_share"]
+        assert train.shape == (1, n_images, bundle.embed_dim)
+    enc = cache.encoder
+    x = torch.randn(ENCODE_BATCH, 3, bundle.image_size, bundle.image_size)
+    enc(x)  # warm-up
+    t_enc = min(timed(lambda: enc(x), bundle.device) for _ in range(2))
+    return Throughput(model_name, n_images, n_images / t_test, n_images / t_train, ENCODE_BATCH / t_enc, workers,
+                      batch_size, cache.precision, share)
+
+
+# -- threads vs processes for the encoder --------------------------------------------------------------------
+def _encoder_worker(args: tuple) -> float:
+    """One process: ``threads`` torch threads, ``reps`` encoder batches; returns its own wall time."""
+    model_name, precision, threads, reps = args
+    torch.set_num_threads(threads)
+    from dapl.config import ModelConfig
+    from dapl.features import ImageEncoder
+    from dapl.models import load_clip
+
+    torch.manual_seed(0)
+    bundle = load_clip(ModelConfig(name=model_name, pretrained=None, device="cpu"))
+    enc = ImageEncoder(bundle, precision)
+    x = torch.randn(ENCODE_BATCH, 3, bundle.image_size, bundle.image_size)
+    enc(x)  # warm-up
+    t = time.perf_counter()
+    for _ in range(reps):
+        enc(x)
+    return time.perf_counter() - t
+
+
+def threads_vs_processes(model_name: str, precision: str, reps: int = 3) -> list[tuple[str, float]]:
+    """Aggregate encoder images/s for 1 process × 1 thread, 1 × 2 threads and 2 processes × 1 thread (the
+    processes start together after their warm-up is excluded from their own timing)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = []
+    for procs, threads in ((1, 1), (1, 2), (2, 1)):
+        with ctx.Pool(procs) as pool:
+            times = pool.map(_encoder_worker, [(model_name, precision, threads, reps)] * procs)
+        out.append((f"{procs} process{'es' if procs > 1 else ''} × {threads} thread{'s' if threads > 1 else ''}",
+                    procs * reps * ENCODE_BATCH / max(times)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.features``: extraction throughput, fp32 path vs ``auto`` side by side (RN50 train
+    view, random weights, JPEG -> cache), the DataLoader's share, decode-once vs per-view decoding, threads vs
+    processes for the encoder, and feature cosine of each precision to fp32; written into a block of
+    docs/PERFORMANCE.md."""
+    import argparse
+
+    from bench.common import md_table
+    from bench.run import write_block
+    from dapl.config import ModelConfig
+    from dapl.features import cpu_has_native_bf16, resolve_precision
+    from dapl.models import load_clip
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--model", default="RN50-quickgelu")
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-processes", action="store_true")
+    p.add_argument("--out", default="docs/PERFORMANCE.md")
+    p.add_argument("--tag", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    bundle = load_clip(ModelConfig(name=a.model, pretrained=None, device=a.device))
+    auto = resolve_precision("auto", bundle.device)
+    t0 = time.perf_counter()
+    rows = []
+    paths = ["fp32", "auto"]
+    if auto != "bf16" and bundle.device.type == "cpu" and cpu_has_native_bf16():
+        paths.append("bf16")  # auto declined bf16 (accuracy veto): still show what it would give
+    res: dict[str, list[Throughput]] = {k: [] for k in paths}
+    for r in range(2):  # interleaved, order reversed every other round
+        for prec in (paths if r % 2 == 0 else paths[::-1]):
+            tp = measure(bundle, a.model, a.images, a.workers, tmp=None, precision=prec, test_view=False)
+            res[prec].append(tp)
+            print(f"[extraction] {prec} ({tp.precision}): {tp.train_view_img_s:.2f} img/s train view, "
+                  f"loader {100 * tp.loader_share:.0f} %", flush=True)
+    best = {k: max(v, key=lambda t: t.train_view_img_s) for k, v in res.items()}
+    for k, t in best.items():
+        rows.append([k, t.precision, f"{t.train_view_img_s:.2f}",
+                     " / ".join(f"{x.train_view_img_s:.2f}" for x in res[k]), f"{t.encoder_img_s:.2f}",
+                     f"{100 * t.loader_share:.0f} %"])
+    gain = best["auto"].train_view_img_s / best["fp32"].train_view_img_s
+    body = [md_table(["path", "encoder precision", "train view img/s (best)", "runs", "encoder alone img/s",
+                      "DataLoader share"], rows),
+            f"\n`auto` resolved to **{auto}** here; gain over the fp32 path: **{gain:.2f}×**. Train view of "
+            f"{a.images} 480×360 JPEGs → `FeatureCache` (DataLoader with {a.workers} worker(s), fixed encoder "
+            f"batches of {ENCODE_BATCH}) → fp16 cache, {a.threads} torch thread(s), random weights; the fp32 "
+            "path is the same code at `features.precision=fp32` (contiguous layout for fp32 is not kept: "
+            "channels_last is applied to every convolutional tower). DataLoader share = time the encoder "
+            "waited for decoded batches / extraction time."]
+    # decode once for V views vs V separate passes (the old per-view loop)
+    with tempfile.TemporaryDirectory(prefix="dapl-bench-") as d:
+        images = write_jpegs(Path(d) / "images", a.images // 2)
+        fc = FeatureConfig(views=4)
+        times = {}
+        for how in ("separately", "together"):
+            cache = FeatureCache(Path(d) / how, bundle, num_workers=a.workers, precision="auto")
+            t = time.perf_counter()
+            if how == "together":
+                cache.train_views(images, 4, fc)
+            else:
+                for v in range(1, 5):
+                    cache.train_views(images, v, fc)
+            times[how] = time.perf_counter() - t
+            print(f"[decode] 4 views {how}: {times[how]:.1f} s", flush=True)
+    body.append("\n" + md_table(["4 train views of each image", "seconds", "img·views/s"],
+                                [[k, f"{v:.1f}", f"{4 * (a.images // 2) / v:.2f}"] for k, v in times.items()]))
+    # feature cosine to fp32 on these random-weight features
+    with tempfile.TemporaryDirectory(prefix="dapl-bench-") as d:
+        images = write_jpegs(Path(d) / "images", 32)
+        ref = FeatureCache(Path(d), bundle, num_workers=0).test_features(images).float()
+        crow = []
+        for prec in ("bf16", "fp16"):
+            f = FeatureCache(Path(d), bundle, num_workers=0, precision=prec).test_features(images).float()
+            cos = torch.nn.functional.cosine_similarity(ref, f, dim=-1)
+            crow.append([prec, f"{float(cos.min()):.6f}", f"{float(cos.mean()):.6f}", f"{float((1 - cos).max()):.1e}"])
+    body.append("\n" + md_table(["precision", f"cosine to fp32, {a.model} random weights: min", "mean",
+                                  "max 1 − cos"], crow))
+    if not a.skip_processes:
+        tvp = threads_vs_processes(a.model, auto)
+        for k, v in tvp:
+            print(f"[encoder] {k}: {v:.2f} img/s", flush=True)
+        body.append("\n" + md_table(["encoder at " + auto, "aggregate img/s"], [[k, f"{v:.2f}"] for k, v in tvp]))
+    from bench.common import loadavg, machine_info
+
+    info = machine_info(bundle.device)
+    body.append("\n" + md_table(["machine", ""], [[k, v] for k, v in info.items()]))
+    body.append(f"\nFinished in {time.perf_counter() - t0:.0f} s; load average at the end "
+                "{:.2f} {:.2f} {:.2f} (shared 2-core machine).".format(*loadavg()))
+    tag = a.tag or f"extraction-{bundle.device.type}"
+    title = f"## Results: {tag} (generated by `bench/features.py`, {time.strftime('%Y-%m-%d %H:%M')})\n\n"
+    if a.out:
+        write_block(Path(a.out), tag, title + "\n".join(body))
+        print(f"written to {a.out} (block '{tag}')")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -239,11 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         "throughput) + tasks × epochs × epoch. The protocol's own model/K is the matching row; others are for "
         "reference.")
     rep.add("Feature extraction (JPEG → DataLoader → frozen image encoder → fp16 cache)", md_table(
-        ["model", "images", "test view img/s", "train view img/s", "encoder alone img/s", "workers", "batch"],
-        [[t.model, t.n_images, f"{t.test_view_img_s:.1f}", f"{t.train_view_img_s:.1f}", f"{t.encoder_img_s:.1f}",
-          t.workers, t.batch_size] for t in throughput.values()]),
-        "480×360 JPEGs (quality 90) generated into a temporary folder, read through `FeatureCache` "
-        "(`encode_view` → `ImageFileDataset` → DataLoader); worker start-up included.")
+        ["model", "images", "precision (auto)", "test view img/s", "train view img/s", "encoder alone img/s",
+         "DataLoader share", "workers", "batch"],
+        [[t.model, t.n_images, t.precision, f"{t.test_view_img_s:.1f}", f"{t.train_view_img_s:.1f}",
+          f"{t.encoder_img_s:.1f}", f"{100 * t.loader_share:.0f} %", t.workers, t.batch_size]
+         for t in throughput.values()]),
+        "480×360 JPEGs (quality 90) generated into a temporary folder, read through `FeatureCache` at "
+        "`features.precision=auto` (fixed encoder batches over a DataLoader); worker start-up included. "
+        "`python -m bench.features` compares it with the fp32 path side by side.")
     rep.add("Peak memory of one step", md_table(
         ["model", "K", "path", "peak RSS (GiB)", "peak − RSS before (GiB)"]
         + (["peak CUDA allocated (GiB)"] if dev.type == "cuda" else []), mem_rows),

@@ -99,8 +99,14 @@ class FeatureConfig(_Section):
     views: int = Field(8, ge=1, description="random augmented train views cached per image")
     cache_dir: Path = Path("cache/features")
     dtype: Literal["float16", "float32"] = Field("float16", description="on-disk feature precision")
-    batch_size: int = Field(64, ge=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="image-encoder precision for extraction: 'auto' = fp16 on CUDA, fp32 on CPU (bf16 "
+        "measured 0.31 points off on the toy: opt in with 'bf16', see docs/PERFORMANCE.md); part of the cache key")
+    batch_size: int = Field(64, ge=1, description="DataLoader batch (the encoder's batch is fixed by the format)")
     num_workers: int = Field(2, ge=0)
+    chunk_size: int = Field(2048, ge=1, description="images per chunk file of a view: what a kill can lose")
+    memmap: bool = Field(True, description="train views memory-mapped from the cache (training reads only each "
+                         "batch's rows) instead of loaded whole")
     crop_scale_min: float = Field(0.08, gt=0.0, le=1.0, description="RandomResizedCrop lower scale")
     hflip: bool = True
 

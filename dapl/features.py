@@ -2,27 +2,58 @@
 
 The image encoder is frozen, so a training step never needs it: V random train views and one test view of
 every image are encoded once, and reused by every run, seed and prompt setting that shares the model,
-transform and image list. Each view is written atomically, so an interrupted extraction resumes and a
-half-written file is never read as complete.
+transform, encoder precision and image list.
+
+Why the layout is what it is:
+
+- **Deterministic by construction.** The encoder always sees the same batches: images ``[k·B, (k+1)·B)`` of the
+  set for a fixed ``encode_batch`` B (part of the key), whatever the DataLoader's batch size or worker count;
+  each image's augmentation runs under its own seed. A convolution over 3 images need not round like one over
+  4, so this (not the loader settings) is what makes a view bit-identical from run to run on one machine.
+- **Resumable at a fine grain.** A view is written in chunks of ``chunk_size`` images (a multiple of B),
+  each atomically (temp file + ``os.replace``) into ``<view>.chunks/`` of the content-addressed folder; a rerun
+  skips the complete chunks, and a half-written chunk is a temp file no reader ever opens. When every chunk
+  of a view is there they are joined, again atomically, into ``<view>.npy``.
+- **Decoded once.** The train views of an image are produced from one decode (each under its own seed) and
+  written to their own chunk files.
+- **Precision.** ``fp32``, ``bf16`` or ``fp16`` encoder weights and inputs (``auto``: see
+  :func:`resolve_precision`); the resolved precision is part of the key and of ``meta.json``.
+- **Memory-mapped.** Train views can be returned as read-only memory maps, so training at DomainNet scale
+  touches only each batch's rows.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle, eval_transform, train_transform, transform_identity
 
-FORMAT_VERSION = "2"  # 2: seeded views locked against other threads (1 could race under Prefect)
+# 3: fixed encoder batches, chunked views, encoder precision in the key (2: seeded views locked against threads)
+FORMAT_VERSION = "3"
+ENCODE_BATCH = 32  # images per encoder call (measured best on CPU for RN50); part of the key
+CHUNK_SIZE = 2048  # images per chunk file: what a kill can lose per view
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# `auto` on a CPU with native bf16. Measured on the toy benchmark (12 pairs × 3 seeds, docs/PERFORMANCE.md,
+# block precision-cpu): bf16 features moved the DAPL average by -0.31 points (zero-shot: 0.00), over the 0.3-point
+# limit issue 13 sets, so `auto` keeps fp32 on CPUs; `features.precision=bf16` opts in (2.65x faster extraction).
+AUTO_CPU_BF16 = False
 
 
 def view_seed(view: int) -> Callable[[int], int]:
@@ -31,33 +62,92 @@ def view_seed(view: int) -> Callable[[int], int]:
     torch's CPU generator keeps 32 bits of a seed, so the pair is packed into 32 bits: unique for up to
     1,021 views of up to ~4.2 M images.
     """
-    return lambda index: (index * 1021 + view) % (1 << 32)
+    return functools.partial(_seed, view=view)
 
 
-def cache_key(bundle: ClipBundle, images: ImageSet, transform_id: str, dtype: str = "float16") -> str:
-    parts = [FORMAT_VERSION, bundle.identity, transform_id, images.fingerprint(), dtype]
+def _seed(index: int, view: int) -> int:
+    return (index * 1021 + view) % (1 << 32)
+
+
+# -- precision ------------------------------------------------------------------------------------------
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo`` (torch's capability string does not say)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device | str, native_bf16: bool | None = None) -> str:
+    """``auto`` -> fp16 on CUDA (what the released code ran); on a CPU with native bf16, bf16 only while
+    ``AUTO_CPU_BF16`` allows it (vetoed by the toy measurement); else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"features.precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
+    dev = torch.device(device)
+    if precision != "auto":
+        if precision == "fp16" and dev.type == "cpu":
+            pass  # allowed (slow on most CPUs), never chosen by auto
+        return precision
+    if dev.type == "cuda":
+        return "fp16"
+    if dev.type == "cpu" and AUTO_CPU_BF16 and (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+        return "bf16"
+    return "fp32"
+
+
+class ImageEncoder:
+    """The frozen visual tower at one precision: weights and inputs cast (the released code's ``.half()`` on
+    GPU; measured faster than autocast on a bf16 CPU), channels_last for convolutional towers (measured faster
+    for RN50 on CPU; a ViT only has its patch conv). The bundle's own model is left untouched."""
+
+    def __init__(self, bundle: ClipBundle, precision: str = "fp32"):
+        self.device = bundle.device
+        self.precision = resolve_precision(precision, bundle.device)
+        self.dtype = TORCH_DTYPES[self.precision]
+        visual = bundle.model.visual
+        convs = sum(isinstance(m, nn.Conv2d) for m in visual.modules())
+        self.channels_last = convs > 1
+        if self.precision != "fp32" or self.channels_last:
+            visual = copy.deepcopy(visual).to(self.dtype)
+            if self.channels_last:
+                visual = visual.to(memory_format=torch.channels_last)
+        self.visual = visual.eval()
+
+    @property
+    def recipe(self) -> str:
+        return f"{self.precision}{'-cl' if self.channels_last else ''}"
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.visual(x).float()
+
+
+# -- keys and files -------------------------------------------------------------------------------------
+def cache_key(bundle: ClipBundle, images: ImageSet, transform_id: str, dtype: str = "float16",
+              precision: str = "fp32", encode_batch: int = ENCODE_BATCH) -> str:
+    """Everything that changes the stored numbers: model, transform, images, storage dtype, encoder precision
+    and encoder batch (not the loader's batch size, workers or chunk size, which cannot change them)."""
+    parts = [FORMAT_VERSION, bundle.identity, transform_id, images.fingerprint(), dtype, precision, encode_batch]
     h = hashlib.sha256(json.dumps(parts).encode())
     return h.hexdigest()[:20]
 
 
-@torch.no_grad()
-def encode_view(bundle: ClipBundle, images: ImageSet, transform: Callable, seed_fn: Callable[[int], int] | None,
-                batch_size: int = 64, num_workers: int = 2, desc: str = "encode",
-                dtype: str = "float16") -> np.ndarray:
-    """Run the frozen image encoder over one view of every image (deterministic order): ``[N, E]``."""
-    from dapl.datasets.loader import ImageFileDataset
-
-    ds = ImageFileDataset(images, transform, seed_fn=seed_fn)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                    pin_memory=bundle.device.type == "cuda", persistent_workers=False)
-    out = np.empty((len(images), bundle.embed_dim), dtype)
-    for x, idx in tqdm(dl, desc=desc, leave=False, unit="batch", disable=None):
-        out[idx.numpy()] = bundle.encode_images(x).cpu().numpy().astype(dtype)
-    return out
+def _tmp_name(path: Path) -> Path:
+    """A temp file beside ``path``, private to this process and thread (Prefect runs tasks in threads)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _tmp_name(path)
     with open(tmp, "wb") as f:
         np.save(f, arr)
         f.flush()
@@ -65,48 +155,237 @@ def _save_atomic(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _chunk_name(start: int, stop: int) -> str:
+    return f"{start:010d}-{stop:010d}.npy"
+
+
+class _ViewsDataset(Dataset):
+    """Images ``start..stop`` of a set, each decoded once and transformed once per seed: ``([V, C, H, W], i)``."""
+
+    def __init__(self, images: ImageSet, transform: Callable, seed_fns: Sequence[Callable[[int], int] | None],
+                 start: int, stop: int):
+        self.images, self.transform, self.seed_fns = images, transform, list(seed_fns)
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        from dapl.datasets.loader import SEEDED_RNG_LOCK, load_rgb
+
+        i = self.start + k
+        img = load_rgb(self.images.resolve(i))
+        xs = []
+        for sf in self.seed_fns:
+            if sf is None:
+                xs.append(self.transform(img))
+                continue
+            with SEEDED_RNG_LOCK, torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(sf(i)))
+                xs.append(self.transform(img))
+        return torch.stack(xs), i
+
+
+class ExtractStats:
+    """Where extraction time went (the DataLoader's share is what must stay small)."""
+
+    def __init__(self) -> None:
+        self.images = self.encodings = self.chunks = 0
+        self.loader_s = self.encode_s = self.write_s = 0.0
+
+    def to_dict(self) -> dict:
+        busy = self.loader_s + self.encode_s + self.write_s
+        return {"images": self.images, "encodings": self.encodings, "chunks": self.chunks,
+                "loader_s": round(self.loader_s, 3), "encode_s": round(self.encode_s, 3),
+                "write_s": round(self.write_s, 3),
+                "loader_share": round(self.loader_s / busy, 4) if busy else 0.0}
+
+
+@torch.no_grad()
+def encode_range(encoder: ImageEncoder, images: ImageSet, transform: Callable,
+                 seed_fns: Sequence[Callable[[int], int] | None], start: int, stop: int, *, batch_size: int = 64,
+                 num_workers: int = 2, encode_batch: int = ENCODE_BATCH, dtype: str = "float16",
+                 stats: ExtractStats | None = None) -> list[np.ndarray]:
+    """Views ``seed_fns`` of images ``start..stop`` (``start`` a multiple of ``encode_batch``): one
+    ``[stop - start, E]`` array per view. The loader's batches are re-cut into encoder batches aligned to
+    multiples of ``encode_batch`` of the whole set, so the numbers do not depend on the loader settings."""
+    if start % encode_batch:
+        raise ValueError(f"encode_range: start {start} is not a multiple of encode_batch {encode_batch}")
+    stats = stats or ExtractStats()
+    nv = len(seed_fns)
+    ds = _ViewsDataset(images, transform, seed_fns, start, stop)
+    dl = DataLoader(ds, batch_size=max(1, batch_size // nv), shuffle=False, num_workers=num_workers,
+                    pin_memory=encoder.device.type == "cuda", persistent_workers=False)
+    outs: list[np.ndarray] = []
+    pending: list[torch.Tensor] = []
+    have, filled, expect = 0, 0, start
+    it = iter(dl)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        stats.loader_s += time.perf_counter() - t0
+        if batch is not None:
+            x, idx = batch
+            if int(idx[0]) != expect:  # the loader must keep the set's order (shuffle=False)
+                raise RuntimeError(f"encode_range: expected image {expect}, got {int(idx[0])}")
+            expect += len(idx)
+            pending.append(x)
+            have += len(x)
+        while have >= encode_batch or (batch is None and have):
+            x = torch.cat(pending) if len(pending) > 1 else pending[0]
+            take, rest = x[:encode_batch], x[encode_batch:]
+            pending, have = ([rest] if len(rest) else []), len(rest)
+            t0 = time.perf_counter()
+            for v in range(nv):
+                f = encoder(take[:, v]).cpu().numpy()
+                if not outs:
+                    outs = [np.empty((stop - start, f.shape[1]), dtype) for _ in range(nv)]
+                outs[v][filled:filled + len(f)] = f
+            stats.encode_s += time.perf_counter() - t0
+            filled += len(take)
+        if batch is None:
+            break
+    if filled != stop - start:
+        raise RuntimeError(f"encode_range: encoded {filled} of {stop - start} images")
+    stats.images += filled
+    stats.encodings += filled * nv
+    return outs
+
+
+def encode_view(bundle: ClipBundle, images: ImageSet, transform: Callable, seed_fn: Callable[[int], int] | None,
+                batch_size: int = 64, num_workers: int = 2, desc: str = "encode", dtype: str = "float16",
+                precision: str = "fp32", encode_batch: int = ENCODE_BATCH) -> np.ndarray:
+    """One view of every image in memory (no cache): ``[N, E]``."""
+    del desc
+    enc = ImageEncoder(bundle, precision)
+    return encode_range(enc, images, transform, [seed_fn], 0, len(images), batch_size=batch_size,
+                        num_workers=num_workers, encode_batch=encode_batch, dtype=dtype)[0]
+
+
 class FeatureCache:
-    """``cache_dir/<key>/{test.npy, view_000.npy, ...}`` with a ``meta.json`` describing the key."""
+    """``cache_dir/<key>/{test.npy, view_000.npy, ...}`` with a ``meta.json`` describing the key; views being
+    extracted live as ``<view>.chunks/<start>-<stop>.npy`` until complete."""
 
     def __init__(self, cache_dir: str | Path, bundle: ClipBundle, batch_size: int = 64, num_workers: int = 2,
-                 dtype: str = "float16"):
+                 dtype: str = "float16", precision: str = "fp32", chunk_size: int = CHUNK_SIZE,
+                 encode_batch: int = ENCODE_BATCH, memmap: bool = False):
+        if chunk_size < 1 or encode_batch < 1:
+            raise ValueError(f"FeatureCache: chunk_size {chunk_size} and encode_batch {encode_batch} must be >= 1")
         self.dir = Path(cache_dir)
         self.dtype = dtype
         self.bundle = bundle
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.precision = resolve_precision(precision, bundle.device)
+        self.encode_batch = encode_batch
+        # chunks start on encoder-batch boundaries, so the chunk size never changes the numbers
+        self.chunk_size = -(-chunk_size // encode_batch) * encode_batch
+        self.memmap = memmap
+        self.stats = ExtractStats()
+        self._encoder: ImageEncoder | None = None
+
+    @classmethod
+    def from_config(cls, fc, bundle: ClipBundle) -> FeatureCache:
+        """The cache a :class:`~dapl.config.FeatureConfig` describes (every stage must build it this way, so
+        that extraction, zero-shot and training agree on the key)."""
+        return cls(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype,
+                   precision=getattr(fc, "precision", "fp32"), chunk_size=getattr(fc, "chunk_size", CHUNK_SIZE),
+                   memmap=getattr(fc, "memmap", False))
+
+    @property
+    def encoder(self) -> ImageEncoder:
+        if self._encoder is None:
+            self._encoder = ImageEncoder(self.bundle, self.precision)
+        return self._encoder
+
+    def key(self, images: ImageSet, transform_id: str) -> str:
+        return cache_key(self.bundle, images, transform_id, self.dtype, self.precision, self.encode_batch)
 
     def _folder(self, images: ImageSet, transform_id: str) -> Path:
-        d = self.dir / cache_key(self.bundle, images, transform_id, self.dtype)
+        d = self.dir / self.key(images, transform_id)
         d.mkdir(parents=True, exist_ok=True)
         meta = d / "meta.json"
         if not meta.exists():
-            tmp = meta.with_suffix(".tmp")
+            tmp = _tmp_name(meta)
             tmp.write_text(json.dumps({"model": self.bundle.identity, "transform": transform_id,
                                        "images": images.fingerprint(), "n": len(images),
-                                       "format": FORMAT_VERSION, "dtype": self.dtype}, indent=1))
+                                       "format": FORMAT_VERSION, "dtype": self.dtype,
+                                       "precision": self.precision, "encode_batch": self.encode_batch}, indent=1))
             os.replace(tmp, meta)
         return d
 
+    # extraction ----------------------------------------------------------------------------------------
+    def _extract(self, folder: Path, images: ImageSet, transform: Callable,
+                 jobs: Sequence[tuple[str, Callable[[int], int] | None]], desc: str) -> None:
+        """Write ``<stem>.npy`` for every job ``(stem, seed_fn)`` not yet complete, chunk by chunk."""
+        jobs = [(s, sf) for s, sf in jobs if not (folder / f"{s}.npy").exists()]
+        if not jobs:
+            return
+        n, step = len(images), self.chunk_size
+        for s, _ in jobs:
+            (folder / f"{s}.chunks").mkdir(exist_ok=True)
+        for start in tqdm(range(0, n, step), desc=desc, unit="chunk", disable=None, leave=False):
+            stop = min(n, start + step)
+            name = _chunk_name(start, stop)
+            # a view joined meanwhile by a concurrent extraction of the same key is done
+            todo = [(s, sf) for s, sf in jobs
+                    if not (folder / f"{s}.npy").exists() and not (folder / f"{s}.chunks" / name).exists()]
+            if not todo:
+                continue
+            arrays = encode_range(self.encoder, images, transform, [sf for _, sf in todo], start, stop,
+                                  batch_size=self.batch_size, num_workers=self.num_workers,
+                                  encode_batch=self.encode_batch, dtype=self.dtype, stats=self.stats)
+            t0 = time.perf_counter()
+            for (s, _), arr in zip(todo, arrays, strict=True):
+                (folder / f"{s}.chunks").mkdir(exist_ok=True)
+                _save_atomic(folder / f"{s}.chunks" / name, arr)
+            self.stats.write_s += time.perf_counter() - t0
+            self.stats.chunks += len(todo)
+        for s, _ in jobs:
+            self._join(folder, s, n)
+
+    def _join(self, folder: Path, stem: str, n: int) -> None:
+        """``<stem>.chunks/*`` -> ``<stem>.npy`` (atomic, streamed through a memory map: no second copy in RAM)."""
+        final = folder / f"{stem}.npy"
+        parts = folder / f"{stem}.chunks"
+        if final.exists():
+            return
+        bounds = [(a, min(n, a + self.chunk_size)) for a in range(0, n, self.chunk_size)]
+        if n == 0:
+            _save_atomic(final, np.empty((0, self.bundle.embed_dim), self.dtype))
+            return
+        tmp = _tmp_name(final)
+        try:
+            width = np.load(parts / _chunk_name(*bounds[0]), mmap_mode="r").shape[1]
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(n, width))
+            for a, b in bounds:
+                out[a:b] = np.load(parts / _chunk_name(a, b), mmap_mode="r")
+            out.flush()
+            del out
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            tmp.unlink(missing_ok=True)
+            if not final.exists():  # not joined by a concurrent extraction of the same view either
+                raise
+        shutil.rmtree(parts, ignore_errors=True)
+
+    # reading -------------------------------------------------------------------------------------------
     def test_features(self, images: ImageSet, desc: str = "test view") -> torch.Tensor:
         """The deterministic test view: ``[N, E]``."""
         d = self._folder(images, transform_identity(self.bundle, None))
-        f = d / "test.npy"
-        if not f.exists():
-            arr = encode_view(self.bundle, images, eval_transform(self.bundle), None, self.batch_size,
-                              self.num_workers, desc=desc, dtype=self.dtype)
-            _save_atomic(f, arr)
-        return torch.from_numpy(np.load(f))
+        self._extract(d, images, eval_transform(self.bundle), [("test", None)], desc)
+        return torch.from_numpy(np.load(d / "test.npy"))
 
-    def train_views(self, images: ImageSet, views: int, cfg, desc: str = "train views") -> torch.Tensor:
-        """``views`` random augmented views: ``[V, N, E]`` (views already on disk are reused)."""
+    def train_views(self, images: ImageSet, views: int, cfg, desc: str = "train views"
+                    ) -> torch.Tensor | list[np.ndarray]:
+        """``views`` random augmented views (views and chunks already on disk are reused): ``[V, N, E]``, or
+        with ``memmap`` a list of V read-only ``[N, E]`` memory maps (training then reads only its rows)."""
         d = self._folder(images, transform_identity(self.bundle, cfg))
-        tf = train_transform(self.bundle, cfg)
-        out = []
-        for v in tqdm(range(views), desc=desc, unit="view", disable=None):
-            f = d / f"view_{v:03d}.npy"
-            if not f.exists():
-                _save_atomic(f, encode_view(self.bundle, images, tf, view_seed(v), self.batch_size,
-                                            self.num_workers, desc=f"{desc} {v + 1}/{views}", dtype=self.dtype))
-            out.append(np.load(f))
-        return torch.from_numpy(np.stack(out))
+        stems = [f"view_{v:03d}" for v in range(views)]
+        self._extract(d, images, train_transform(self.bundle, cfg), [(s, view_seed(v)) for v, s in enumerate(stems)],
+                      desc)
+        if self.memmap:
+            return [np.load(d / f"{s}.npy", mmap_mode="r") for s in stems]
+        return torch.from_numpy(np.stack([np.load(d / f"{s}.npy") for s in stems]))

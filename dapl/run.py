@@ -63,7 +63,7 @@ def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Ad
     task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
     fc = cfg.features
-    cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+    cache = FeatureCache.from_config(fc, bundle)
     out = {}
     for name, images in (("source", task.source), ("target", task.target), ("target_test", task.target_test)):
         if images is None:
@@ -72,7 +72,9 @@ def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Ad
         if fc.mode == "cached" and name != "target_test":
             cache.train_views(images, fc.views, fc, desc=f"{name} views")
         out[name] = {"n": len(images), "fingerprint": images.fingerprint()}
-    return {"model": bundle.identity, "cache_dir": str(fc.cache_dir), "sets": out}
+    # the resolved precision is logged by the tracking layer: it is part of every cache key
+    return {"model": bundle.identity, "cache_dir": str(fc.cache_dir), "sets": out, "precision": cache.precision,
+            "encoder": cache.encoder.recipe, "extraction": cache.stats.to_dict()}
 
 
 def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
@@ -80,7 +82,7 @@ def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Adaptatio
     task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
     fc = cfg.features
-    cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+    cache = FeatureCache.from_config(fc, bundle)
     text = zero_shot_text(bundle, task.classnames, cfg.pseudo.template)
     feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
     pl_ = pseudo_label(feats, text, bundle.logit_scale, cfg.tau)
@@ -159,7 +161,7 @@ def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle
     learner = PromptLearner(bundle, meta["classnames"], meta["domains"], saved.prompt, saved.pseudo.template)
     learner.load_context(tensors)
     fc = cfg.features
-    cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+    cache = FeatureCache.from_config(fc, bundle)
     feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
     remap = torch.as_tensor([meta["domains"].index(d) for d in task.domains], device=bundle.device)
     dom = remap[torch.as_tensor(task.evaluation.domains, device=bundle.device)]

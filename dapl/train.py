@@ -65,14 +65,40 @@ class AdaptationTask:
 
 # -- where batch features come from ------------------------------------------------------------------
 class CachedViews:
-    """Features of V cached augmented views; a batch takes one random view per image."""
+    """Features of V cached augmented views; a batch takes one random view per image.
 
-    def __init__(self, views: torch.Tensor, device: torch.device):
-        self.views = views.to(device)  # [V, N, E] fp16
+    ``views`` is a ``[V, N, E]`` tensor, or a sequence of V ``[N, E]`` arrays (memory maps of the cache): on the
+    CPU those stay on disk and a batch reads only its rows (DomainNet's 8 views are ~9.6 GB); on a GPU they are
+    copied there view by view. Both forms draw the same views and return the same numbers.
+    """
+
+    def __init__(self, views: torch.Tensor | list[np.ndarray], device: torch.device):
+        self.arrays: list[np.ndarray] | None = None
+        if isinstance(views, torch.Tensor):
+            self.views = views.to(device)  # [V, N, E] fp16
+        elif device.type == "cpu":
+            self.arrays = list(views)
+        else:
+            first = np.asarray(views[0])
+            self.views = torch.empty((len(views), *first.shape), dtype=torch.from_numpy(first[:0]).dtype,
+                                     device=device)
+            for k, a in enumerate(views):
+                self.views[k].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+
+    @property
+    def num_views(self) -> int:
+        return len(self.arrays) if self.arrays is not None else self.views.shape[0]
 
     def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        v = torch.randint(self.views.shape[0], (len(idx),), generator=gen)
-        return self.views[v.to(self.views.device), idx.to(self.views.device)].float()
+        v = torch.randint(self.num_views, (len(idx),), generator=gen)
+        if self.arrays is None:
+            return self.views[v.to(self.views.device), idx.to(self.views.device)].float()
+        rows, vs = idx.cpu().numpy(), v.numpy()
+        out = np.empty((len(rows), self.arrays[0].shape[1]), self.arrays[0].dtype)
+        for k in np.unique(vs):
+            sel = vs == k
+            out[sel] = self.arrays[k][rows[sel]]
+        return torch.from_numpy(out).float()
 
 
 class OnlineViews:
@@ -236,7 +262,7 @@ class Trainer:
         self.scale = bundle.logit_scale.to(self.dev)
         self.out = Path(cfg.output_dir)
         fc = cfg.features
-        self.cache = FeatureCache(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype)
+        self.cache = FeatureCache.from_config(fc, bundle)
 
     # features -------------------------------------------------------------------------------------------
     def _sources(self) -> tuple[Callable, Callable, torch.Tensor, torch.Tensor]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -20,49 +22,125 @@ def setup(blob_world, tiny_config_dir):
     return bundle, ImageSet.build(paths, None, 0, blob_world)
 
 
+def _counting(monkeypatch) -> list[tuple[int, int, int]]:
+    """Record every encoder pass as ``(start, stop, views)``."""
+    calls: list[tuple[int, int, int]] = []
+    real = features.encode_range
+
+    def counted(enc, images, tf, seed_fns, start, stop, **k):
+        calls.append((start, stop, len(seed_fns)))
+        return real(enc, images, tf, seed_fns, start, stop, **k)
+
+    monkeypatch.setattr(features, "encode_range", counted)
+    return calls
+
+
 def test_views_are_cached_reused_and_deterministic(tmp_path, setup, monkeypatch):
     bundle, images = setup
     fc = FeatureConfig(views=3, num_workers=0)
     cache = FeatureCache(tmp_path, bundle, batch_size=4, num_workers=0)
-    calls = []
-    real = features.encode_view
-    monkeypatch.setattr(features, "encode_view", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _counting(monkeypatch)
     v1 = cache.train_views(images, 3, fc)
     t1 = cache.test_features(images)
-    assert v1.shape == (3, 10, bundle.embed_dim) and v1.dtype == torch.float16 and len(calls) == 4
+    # one pass decodes each image once for its 3 train views; one for the test view
+    assert v1.shape == (3, 10, bundle.embed_dim) and v1.dtype == torch.float16 and calls == [(0, 10, 3), (0, 10, 1)]
     assert not torch.equal(v1[0], v1[1])  # different random views
     v2 = cache.train_views(images, 3, fc)
-    assert torch.equal(v1, v2) and torch.equal(t1, cache.test_features(images)) and len(calls) == 4
+    assert torch.equal(v1, v2) and torch.equal(t1, cache.test_features(images)) and len(calls) == 2
     # more views later: only the new one is encoded
     v4 = cache.train_views(images, 4, fc)
-    assert torch.equal(v4[:3], v1) and len(calls) == 5
-    # another cache folder, 1 worker instead of 0: bit-identical views (per-image seeds, not worker RNG)
+    assert torch.equal(v4[:3], v1) and calls[2:] == [(0, 10, 1)]
+    # another folder, loader batch 3 and 1 worker instead of 4 and 0: bit-identical by construction (the encoder
+    # always sees the same fixed batches; per-image seeds, not worker RNG)
     other = FeatureCache(tmp_path / "other", bundle, batch_size=3, num_workers=1).train_views(images, 2, fc)
     assert torch.equal(other, v1[:2])
+    # views decoded together == the same view encoded alone
+    alone = FeatureCache(tmp_path / "alone", bundle, batch_size=5, num_workers=0).train_views(images, 1, fc)
+    assert torch.equal(alone[0], v1[0])
 
 
-def test_half_written_files_are_never_read(tmp_path, setup, monkeypatch):
+def test_chunk_size_and_loader_settings_never_change_the_numbers(tmp_path, setup):
     bundle, images = setup
     fc = FeatureConfig(views=2, num_workers=0)
-    cache = FeatureCache(tmp_path, bundle, batch_size=4, num_workers=0)
-    real = features.encode_view
-    n = {"calls": 0}
+    ref = FeatureCache(tmp_path / "a", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+    a = ref.train_views(images, 2, fc)
+    b = FeatureCache(tmp_path / "b", bundle, batch_size=7, num_workers=1, encode_batch=2, chunk_size=5
+                     ).train_views(images, 2, fc)  # chunk 5 -> 6 (a multiple of the encoder batch)
+    assert torch.equal(a, b)
+    folder = next(p for p in (tmp_path / "a").iterdir() if p.is_dir())
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "view_000.npy", "view_001.npy"]  # joined
+    # the encoder batch is part of the key: another batch is another cache entry
+    assert ref.key(images, "t") != FeatureCache(tmp_path, bundle, encode_batch=4).key(images, "t")
 
-    def interrupted(*a, **k):
-        n["calls"] += 1
-        if n["calls"] == 2:
-            raise KeyboardInterrupt  # killed while encoding the second view
-        return real(*a, **k)
 
-    monkeypatch.setattr(features, "encode_view", interrupted)
+def test_half_written_chunks_are_never_read_and_a_rerun_resumes(tmp_path, setup, monkeypatch):
+    bundle, images = setup
+    fc = FeatureConfig(views=2, num_workers=0)
+    cache = FeatureCache(tmp_path / "c", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+    real = features.encode_range
+    calls = []
+
+    def interrupted(enc, imgs, tf, seed_fns, start, stop, **k):
+        calls.append(start)
+        if start == 4:
+            raise KeyboardInterrupt  # killed while encoding the second chunk
+        return real(enc, imgs, tf, seed_fns, start, stop, **k)
+
+    monkeypatch.setattr(features, "encode_range", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cache.train_views(images, 2, fc)
-    folder = next(p for p in tmp_path.iterdir() if p.is_dir())
-    assert sorted(p.name for p in folder.glob("view_*.npy")) == ["view_000.npy"]
-    (folder / ".view_001.npy.999.tmp").write_bytes(b"garbage")  # a leftover temp file is ignored
-    monkeypatch.setattr(features, "encode_view", real)
+    folder = next(p for p in (tmp_path / "c").iterdir() if p.is_dir())
+    assert not list(folder.glob("view_*.npy"))
+    for v in ("view_000", "view_001"):
+        assert sorted(p.name for p in (folder / f"{v}.chunks").iterdir()) == ["0000000000-0000000004.npy"]
+    (folder / "view_000.chunks" / ".0000000004-0000000008.npy.999.tmp").write_bytes(b"garbage")  # ignored
+    calls.clear()
+    monkeypatch.setattr(features, "encode_range", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     views = cache.train_views(images, 2, fc)
-    assert views.shape[0] == 2 and np.isfinite(views.float().numpy()).all()
+    assert calls == [4, 8]  # the complete first chunk was not recomputed
+    full = FeatureCache(tmp_path / "d", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+    assert torch.equal(views, full.train_views(images, 2, fc))
+    assert not (folder / "view_000.chunks").exists()
+
+
+def test_memory_mapped_views_match_and_training_reads_the_same_rows(tmp_path, setup):
+    from dapl.train import CachedViews
+
+    bundle, images = setup
+    fc = FeatureConfig(views=3, num_workers=0)
+    whole = FeatureCache(tmp_path, bundle, num_workers=0).train_views(images, 3, fc)
+    mapped = FeatureCache(tmp_path, bundle, num_workers=0, memmap=True).train_views(images, 3, fc)
+    assert isinstance(mapped, list) and all(isinstance(m, np.memmap) for m in mapped)
+    assert torch.equal(torch.from_numpy(np.stack(mapped)), whole)
+    idx = torch.tensor([7, 2, 2, 9, 0])
+    a = CachedViews(whole, torch.device("cpu"))(idx, torch.Generator().manual_seed(3))
+    b = CachedViews(mapped, torch.device("cpu"))(idx, torch.Generator().manual_seed(3))
+    assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_precision_resolves_per_device_and_is_in_the_key(tmp_path, setup, monkeypatch):
+    bundle, images = setup
+    rp = features.resolve_precision
+    assert rp("auto", "cuda") == "fp16"
+    assert rp("auto", "cpu", native_bf16=False) == "fp32"
+    monkeypatch.setattr(features, "AUTO_CPU_BF16", True)
+    assert rp("auto", "cpu", native_bf16=True) == "bf16"
+    monkeypatch.setattr(features, "AUTO_CPU_BF16", False)  # the measured veto: auto never picks bf16 on CPU
+    assert rp("auto", "cpu", native_bf16=True) == "fp32"
+    assert [rp(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    with pytest.raises(ValueError, match="features.precision"):
+        rp("int8", "cpu")
+    keys = {p: FeatureCache(tmp_path, bundle, precision=p).key(images, "t") for p in ("fp32", "bf16", "fp16")}
+    assert len(set(keys.values())) == 3
+    assert features.cache_key(bundle, images, "t", precision="bf16") == keys["bf16"]
+    # a config builds the cache with its resolved precision, recorded beside the features
+    cache = FeatureCache.from_config(FeatureConfig(precision="bf16", num_workers=0, cache_dir=tmp_path), bundle)
+    f32 = FeatureCache(tmp_path, bundle, num_workers=0).test_features(images).float()
+    f16 = cache.test_features(images).float()
+    meta = json.loads(next(p for p in tmp_path.glob("*/meta.json") if '"bf16"' in p.read_text()).read_text())
+    assert cache.precision == "bf16" and meta["precision"] == "bf16"
+    cos = torch.nn.functional.cosine_similarity(f32, f16, dim=-1)
+    assert cos.min() > 0.99 and not torch.equal(f32, f16)  # close, and really another computation
 
 
 def test_key_depends_on_model_transform_and_images(tmp_path, setup, tiny_config_dir):
@@ -95,3 +173,83 @@ def test_key_sees_a_file_rewritten_under_the_same_path(tmp_path):
     assert ImageSet.concat([hashed.subset([0]), hashed.subset([1, 2])]).fingerprint() == hashed.fingerprint()
     with pytest.raises(ValueError, match="digests"):
         ImageSet(plain.paths, plain.labels, plain.domains, plain.root, digests=("a",))
+
+
+KILL_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+torch.set_num_threads(1)
+import dapl.features as features
+from dapl.config import FeatureConfig, ModelConfig
+from dapl.imageset import ImageSet
+from dapl.models import load_clip
+
+cfg = json.loads(sys.argv[1])
+torch.manual_seed(0)  # the same random tiny model in every process
+bundle = load_clip(ModelConfig(name=cfg["model"], pretrained=None, device="cpu"))
+images = ImageSet.build(cfg["paths"], None, 0, cfg["root"])
+real_save, real_encode = features._save_atomic, features.encode_range
+starts = []
+
+def encode(*a, **k):
+    starts.append(a[4])
+    Path(cfg["log"]).write_text(json.dumps(starts))
+    return real_encode(*a, **k)
+
+def save(path, arr):
+    real_save(path, arr)
+    time.sleep(cfg["slow"])  # leaves time to be killed between chunks
+
+features.encode_range, features._save_atomic = encode, save
+cache = features.FeatureCache(cfg["cache"], bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+views = cache.train_views(images, 1, FeatureConfig(views=1, num_workers=0))
+np.save(cfg["out"], views.float().numpy())
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_view_resumes_from_the_last_complete_chunk(tmp_path, blob_world, tiny_config_dir):
+    """A real SIGKILL while a view spanning 6 chunks is being written: the rerun encodes only the missing
+    chunks and the result equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    paths = sorted(p.relative_to(blob_world).as_posix() for p in blob_world.rglob("*.png"))[:24]
+    repo = Path(features.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+
+    def child(name: str, cache: Path, slow: float) -> tuple[subprocess.Popen, dict]:
+        cfg = {"model": str(tiny_config_dir / "tiny-rn.json"), "paths": paths, "root": str(blob_world),
+               "cache": str(cache), "out": str(tmp_path / f"{name}.npy"), "log": str(tmp_path / f"{name}.json"),
+               "slow": slow}
+        return subprocess.Popen([sys.executable, "-c", KILL_CHILD, json.dumps(cfg)], env=env), cfg
+
+    def chunks(cache: Path) -> list[str]:
+        return sorted(p.name for p in cache.glob("*/view_000.chunks/*.npy") if not p.name.startswith("."))
+
+    cache = tmp_path / "killed"
+    proc, _ = child("first", cache, slow=0.5)
+    deadline = time.monotonic() + 300
+    while len(chunks(cache)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(60) == -signal.SIGKILL, "the extraction finished before it could be killed"
+    done = chunks(cache)
+    assert 2 <= len(done) < 6 and not list(cache.glob("*/view_000.npy"))
+    done_starts = {int(n.split("-")[0]) for n in done}
+
+    proc, cfg = child("rerun", cache, slow=0.0)
+    assert proc.wait(300) == 0
+    rerun_starts = json.loads(Path(cfg["log"]).read_text())
+    assert sorted(rerun_starts) == sorted(set(range(0, 24, 4)) - done_starts)  # complete chunks not recomputed
+    proc, ref = child("uninterrupted", tmp_path / "clean", slow=0.0)
+    assert proc.wait(300) == 0
+    a, b = np.load(cfg["out"]), np.load(ref["out"])
+    assert a.shape == (1, 24, 32)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
