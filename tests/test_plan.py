@@ -86,7 +86,7 @@ def test_source_only_has_daplss_prompt_length_init_and_epochs():
 
 def test_layers_preset_recipe_file_arguments(tmp_path):
     toy = resolve_config(workdir=tmp_path)
-    assert recipe(toy)["prompt.m1"] == 4 and toy.train.epochs == 6 and toy.features.views == 4  # registry recipe
+    assert recipe(toy)["prompt.m1"] == 16 and toy.train.epochs == 25 and toy.features.views == 4  # paper + registry
     assert toy.model.pretrained == str(TOY_CHECKPOINT)
     assert toy.data.root == tmp_path / "data" / "toy" and toy.data.manifest == tmp_path / "artifacts" / \
         "manifests" / "toy.parquet" and toy.features.cache_dir == tmp_path / "cache" / "features"
@@ -95,7 +95,7 @@ def test_layers_preset_recipe_file_arguments(tmp_path):
     f.write_text(yaml.safe_dump({"preset": "official", "train": {"epochs": 9, "lr": 0.01}, "data": {"root": "d"}}))
     c = resolve_config(f, epochs=11, overrides={"train.lr": 0.02}, workdir=tmp_path / "wd")
     assert c.preset == "official" and c.prompt.text == "official" and c.train.loss == "kway"  # preset
-    assert c.prompt.m1 == 4  # recipe above the preset
+    assert c.features.views == 4 and c.features.num_workers == 0  # recipe above the preset
     assert c.train.epochs == 11 and c.train.lr == 0.02  # arguments above the file
     assert c.data.root == tmp_path / "conf" / "d"  # a file's path: relative to the file
     assert c.features.cache_dir == tmp_path / "wd" / "cache" / "features"  # a default: relative to workdir

@@ -24,9 +24,10 @@ def test_encode_text_cut_is_exact():
 
 def test_short_run_lowers_loss_and_saves_fp16(tmp_path):
     torch.set_num_threads(1)
-    cfg = ToyPretrainConfig(steps=60, batch_size=32, pool_size=240, warmup_steps=5, workers=1, progress=False)
+    # 120 steps: with the filler words of the recipe (captions up to ~50 tokens) the first steps learn slower
+    cfg = ToyPretrainConfig(steps=120, batch_size=32, pool_size=240, warmup_steps=5, workers=1, progress=False)
     model, metrics = train_toy_clip(cfg)
-    assert metrics["steps"] == 60
+    assert metrics["steps"] == 120
     assert metrics["loss_last"] < metrics["loss_first"] - 0.1, metrics
     path = tmp_path / "ckpt.pt"
     save_open_clip_checkpoint(model, path)

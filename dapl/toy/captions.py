@@ -99,3 +99,17 @@ PRETRAIN_DEPICTION_B: dict[str, float] = {"real": 0.3, "product": 0.3, "clipart"
 def caption_styles_for(domain: str) -> list[str]:
     """Styles that truly describe an image of ``domain`` (never used as its negatives)."""
     return [s for s, p in DOMAIN_CAPTION_MIX[domain].items() if p > 0]
+
+
+# Neutral words that web captions carry around the description ("look at this ... on our trip last week"). A
+# random run of them goes in front of a caption so that every position a long learned prompt uses is trained;
+# words that any caption template uses (media, "for sale", "at home", ...) are dropped when the bank is built.
+FILLER_WORDS: tuple[str, ...] = (
+    "here", "is", "my", "look", "at", "this", "we", "found", "it", "on", "the", "way", "and", "then", "just", "so",
+    "very", "nice", "day", "with", "our", "friend", "from", "school", "in", "summer", "after", "work", "for", "you",
+    "all", "best", "ever", "love", "wow", "great", "time", "last", "week", "one", "more", "some", "got", "shop",
+    "town", "city", "trip", "weekend", "morning", "night", "share", "like", "follow", "today", "yesterday", "again",
+    "finally", "really", "little", "big", "family", "kids", "mom", "dad", "office", "desk", "table", "garden",
+    "holiday", "party", "birthday", "gift", "old", "still", "always", "never", "what", "do", "think", "about",
+    "who", "when", "where", "why", "how", "can", "will", "should", "good", "bad", "happy", "fun", "cool", "awesome",
+)

@@ -34,6 +34,7 @@ from dapl.toy.captions import (
     CAPTION_STYLES,
     DOMAIN_CAPTION_MIX,
     DOMAIN_IMAGE_MIX,
+    FILLER_WORDS,
     PRETRAIN_DEPICTION_B,
     SPECIFIC_NAME_RATE,
     SPECIFIC_NAMES,
@@ -70,8 +71,16 @@ class ToyPretrainConfig(BaseModel):
     specific_name_rate: dict[str, float] = Field(default_factory=lambda: dict(SPECIFIC_NAME_RATE))
     depiction_b: dict[str, float] = Field(default_factory=lambda: dict(PRETRAIN_DEPICTION_B))
     crop_scale: tuple[float, float] = (0.55, 1.0)
+    # Web captions carry other words around the description. Each caption template of a step gets 0..filler_max
+    # filler tokens, split between its front and the place before the class name, so every position a DAPL
+    # prompt uses (1 + 16 + 16 + class name + the `official` suffix: about 43) is trained and a medium's words
+    # count at any distance from the name. "words": neutral words (captions.FILLER_WORDS); "random": any BPE
+    # token (measured with front-only filler: the tower then learns to ignore untrained-embedding vectors,
+    # DAPL's N(0, 0.02^2) context init among them, and a learned context barely moves).
+    filler_max: int = 40
+    filler: str = "words"
     domain_mix: dict[str, float] = Field(default_factory=lambda: dict(DOMAIN_IMAGE_MIX))
-    max_minutes: float | None = 40.0  # hard stop (breaks the step-exact reproducibility if it triggers)
+    max_minutes: float | None = None  # optional hard stop (breaks the step-exact reproducibility if it triggers)
     workers: int = 2  # processes rendering the image pool
     # torch intra-op threads. Part of the recipe: runs with the same thread count are bit-identical, while 1 and 2
     # threads differ in the last float bits and end at measurably different checkpoints (measured, issue 4).
@@ -140,13 +149,46 @@ def encode_text_cut(model, tokens: torch.Tensor) -> torch.Tensor:
     return x @ model.text_projection
 
 
-def _caption_bank(tokenizer) -> tuple[list[tuple[str, str]], torch.Tensor]:
-    """All (style, template) pairs and their tokenised captions, shape (templates, 2K, 77): the K class names,
-    then the K specific names of the classes' second depictions."""
+def filler_vocabulary(bank: torch.Tensor, tokenizer, kind: str) -> np.ndarray:
+    """Filler token ids that no caption uses, so a prefix never says a medium or a class name: the neutral
+    ``FILLER_WORDS`` ("words"), or every ordinary BPE token between the byte tokens and SOT/EOT ("random")."""
+    if kind == "words":
+        ids = tokenizer(list(FILLER_WORDS))
+        pool = ids[:, 1][ids.argmax(-1) == 2].numpy()  # words that are one token
+    elif kind == "random":
+        pool = np.arange(256, 49406)
+    else:
+        raise ValueError(f"filler {kind!r}: choose 'words' or 'random'")
+    return np.setdiff1d(pool, bank.unique().numpy())
+
+
+def _with_filler(captions: torch.Tensor, name_at: int, rng: np.random.Generator, filler_max: int,
+                 vocab: np.ndarray) -> torch.Tensor:
+    """The captions of one template (rows; the class name starts at token ``name_at``) with 0..filler_max random
+    ``vocab`` tokens inserted, split at random between the front (after SOT) and just before the class name.
+
+    Shared by every class it is compared across, like a learned DAPL context. The part before the name puts a
+    medium's words ("a painting of a") far from the class name, so the tower learns to read them at any distance,
+    as a learned context 16 + 16 positions long must be read. EOT stays inside the context length."""
+    f = int(rng.integers(0, filler_max + 1)) if filler_max > 0 else 0
+    if f == 0:
+        return captions
+    n, context = captions.shape
+    front = int(rng.integers(0, f + 1))
+    fill = torch.from_numpy(vocab[rng.integers(0, len(vocab), f)]).to(captions.dtype).expand(n, f)
+    parts = [captions[:, :1], fill[:, :front], captions[:, 1:name_at], fill[:, front:], captions[:, name_at:]]
+    return torch.cat(parts, dim=1)[:, :context]
+
+
+def _caption_bank(tokenizer) -> tuple[list[tuple[str, str]], torch.Tensor, list[int]]:
+    """All (style, template) pairs, their tokenised captions, shape (templates, 2K, 77): the K class names, then
+    the K specific names of the classes' second depictions; and per template the position of the class name."""
     entries = [(s, t) for s in _STYLES for t in CAPTION_STYLES[s]]
     names = [class_display_name(c) for c in TOY_CLASSES] + [SPECIFIC_NAMES[c] for c in TOY_CLASSES]
     tokens = torch.stack([tokenizer([t.format(c=n) for n in names]) for _, t in entries])
-    return entries, tokens
+    head = tokenizer([t.split("{c}")[0].strip() for _, t in entries])
+    name_at = [int(h.argmax()) for h in head]  # SOT + the words before "{c}" (EOT's index in the head alone)
+    return entries, tokens, name_at
 
 
 def _candidates(
@@ -230,10 +272,11 @@ def _train(cfg: ToyPretrainConfig) -> tuple[torch.nn.Module, dict]:
     pool, labels, domains, variants = _render_pool(cfg)
     t_render = time.perf_counter() - t0
     pool_t = torch.from_numpy(pool)
-    entries, bank = _caption_bank(tokenizer)
+    entries, bank, name_at = _caption_bank(tokenizer)
+    filler_vocab = filler_vocabulary(bank, tokenizer, cfg.filler)
     style_of = np.array([_STYLES.index(s) for s, _ in entries])
     p_style, valid = _style_tables(cfg)
-    k, n_styles = len(TOY_CLASSES), len(_STYLES)
+    n_styles = len(_STYLES)
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
     rng = np.random.default_rng([cfg.seed, PRETRAIN_STREAM, 1])
     g = torch.Generator().manual_seed(cfg.seed)
@@ -255,7 +298,10 @@ def _train(cfg: ToyPretrainConfig) -> tuple[torch.nn.Module, dict]:
 
         x = _augment(pool_t[idx], image_size, cfg.crop_scale, g)
         img = F.normalize(model.encode_image(x), dim=-1)
-        txt = F.normalize(encode_text_cut(model, bank[tmpl].reshape(n_styles * 2 * k, -1)), dim=-1)
+        # one forward per style: each is cut at its own last EOT, so short captions do not pay for long ones
+        txt = F.normalize(torch.cat([encode_text_cut(model, _with_filler(bank[t], name_at[t], rng, cfg.filler_max,
+                                                                  filler_vocab))
+                                     for t in tmpl]), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T  # (B, styles * 2K)
         logits = logits.masked_fill(~torch.from_numpy(allowed.reshape(len(idx), -1)), float("-inf"))
         target = torch.from_numpy(target)
