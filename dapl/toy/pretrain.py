@@ -274,6 +274,9 @@ def _train(cfg: ToyPretrainConfig) -> tuple[torch.nn.Module, dict]:
     pool_t = torch.from_numpy(pool)
     entries, bank, name_at = _caption_bank(tokenizer)
     filler_vocab = filler_vocabulary(bank, tokenizer, cfg.filler)
+    if int(bank.argmax(-1).max()) + 1 + cfg.filler_max > bank.shape[-1]:
+        raise ValueError(f"filler_max={cfg.filler_max} would push the longest caption's EOT past the "
+                         f"{bank.shape[-1]}-token context; lower it")
     style_of = np.array([_STYLES.index(s) for s, _ in entries])
     p_style, valid = _style_tables(cfg)
     n_styles = len(_STYLES)
