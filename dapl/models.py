@@ -16,11 +16,14 @@ in fp16 or fp32, nested under ``"state_dict"``, with ``module.`` prefixes, or sa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import socket
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,10 +349,29 @@ def _build_open_clip(ck: Checkpoint, path: str, name: str, named: dict) -> nn.Mo
         if not named.get("quick_gelu", False) and _fp16_exact(ck.state_dict) and name in _openai_names():
             warnings.warn(f"{path} is loaded as an open_clip checkpoint with GELU (model.name={name!r}). If it holds "
                           f"OpenAI's weights, they need QuickGELU: use {_quickgelu_name(name)}.", stacklevel=3)
-    model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu")
+    with _quiet_random_init():
+        model = open_clip.create_model(name, pretrained=None, precision="fp32", device="cpu")
     if hasattr(model, "token_embedding"):
         _load_strict(model, ck.state_dict, path, f"model.name={name!r}")
     return model
+
+
+class _RandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's "No pretrained weights loaded ... initialized randomly" while building a model whose
+    weights this module loads right after: users read it as "the checkpoint was ignored"."""
+    quiet = _RandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _openai_names() -> set[str]:
