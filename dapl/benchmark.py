@@ -41,6 +41,11 @@ def run_one(run: Run, bundle=None, manifest=None, progress: bool = True,
             "diverged": bool(summary.get("diverged"))}
 
 
+def diverged_runs(rows: list[dict]) -> list[str]:
+    """``"<pair> <method> seed <n>"`` of every run flagged diverged: what each front door warns about."""
+    return [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get("diverged")]
+
+
 def results_table(rows: list[dict], methods: list[str] | None = None) -> pl.DataFrame:
     """Office-Home style: one row per method, one column per pair (mean over seeds), plus the average."""
     df = pl.DataFrame(rows)

@@ -137,7 +137,7 @@ def plan_of(a: argparse.Namespace, domains: list[str]):
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from dapl.benchmark import run_one, write_tables
+    from dapl.benchmark import diverged_runs, run_one, write_tables
     from dapl.models import load_clip
     from dapl.plan import format_recipe
     from dapl.run import load_manifest
@@ -153,7 +153,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     text = write_tables(rows, out, a.kind).markdown
     print(text)
     print(format_recipe(cfg))
-    diverged = [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get("diverged")]
+    diverged = diverged_runs(rows)
     if diverged:
         print(f"warning: {len(diverged)} run(s) diverged (see their metrics.json): {', '.join(diverged)}",
               file=sys.stderr)

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
+from dapl.benchmark import diverged_runs
 from dapl.paths import TOY_CHECKPOINT, file_sha256
 from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
 from flows import plan, runners
@@ -182,7 +183,14 @@ def dapl(
     print(f"\n{kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
     print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
+    diverged = diverged_runs(rows)
+    if diverged:
+        warning = (f"{len(diverged)} run(s) diverged (see their metrics.json; tag dapl.diverged in MLflow): "
+                   f"{', '.join(diverged)}")
+        log.warning(warning)
+        print(f"warning: {warning}")
     return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
+            "diverged": diverged,
             "files": summary["files"],
             "plots": summary["plots"], "parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
             "runs": len(rows), "cached": cached, "orphans_marked_failed": swept}

@@ -51,6 +51,8 @@ for kind in ("full-benchmark", "ablations"):
     print(f"\n## {kind} (toy world; target accuracy %, last epoch; {r['runs']} runs, {r['cached']} from cache)\n")
     print(r["table"])
     print("\nrecipe: " + ", ".join(f"{k}={v}" for k, v in r["recipe"].items()))
+    if r.get("diverged"):
+        print(f"\nwarning: {len(r['diverged'])} run(s) diverged (tag dapl.diverged in MLflow): {', '.join(r['diverged'])}")
     print(f"\ntables/plots: {r['runs_dir']}   MLflow parent run: {r['parent_run_id']}")
 print(f"\nMLflow store: {r['tracking_uri']}")
 PY

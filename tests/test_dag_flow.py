@@ -113,6 +113,9 @@ def test_benchmark_runs_in_mlflow(env, benchmark):
     assert "dapl" in table and "real->art" in table
     Image.open(c.download_artifacts(parent.info.run_id, "plots/benchmark.png")).verify()
     assert pl.read_csv(c.download_artifacts(parent.info.run_id, "results/benchmark_table.csv")).height == 3
+    # the flow warns about exactly the runs MLflow tags as diverged (the CLI prints the same list)
+    tagged = sorted(n.replace(" seed", " seed ") for n, r in kids.items() if r.data.tags.get("dapl.diverged"))
+    assert sorted(benchmark["diverged"]) == tagged
 
 
 def test_second_call_comes_from_cache(env, benchmark):

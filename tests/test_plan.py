@@ -137,3 +137,12 @@ def test_env_sh_sets_the_python_env_defaults():
     found = dict(re.findall(r"\b([A-Z_]+)=\"?\$\{[A-Z_]+:-([^}]*)\}\"?", text))  # VAR="${VAR:-value}"
     found |= dict(re.findall(r"\b([A-Z_]+)=([A-Za-z0-9_]+)(?=\s|$)", text))  # VAR=value
     assert {k: found.get(k) for k in ENV_DEFAULTS} == ENV_DEFAULTS
+
+
+def test_diverged_runs_names_each_flagged_run_once():
+    from dapl.benchmark import diverged_runs
+
+    rows = [{"pair": "clipart->art", "method": "dapl", "seed": 3, "diverged": True},
+            {"pair": "clipart->art", "method": "dapl", "seed": 1, "diverged": False},
+            {"pair": "real->art", "method": "zero_shot", "seed": 1}]
+    assert diverged_runs(rows) == ["clipart->art dapl seed 3"]
