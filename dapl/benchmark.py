@@ -46,6 +46,12 @@ def diverged_runs(rows: list[dict]) -> list[str]:
     return [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get("diverged")]
 
 
+def diverged_warning(names: list[str]) -> str:
+    """The one warning line every front door (CLI, flows, demo) prints for ``diverged_runs``."""
+    return (f"warning: {len(names)} run(s) diverged (see their metrics.json; tag dapl.diverged in MLflow): "
+            f"{', '.join(names)}")
+
+
 def results_table(rows: list[dict], methods: list[str] | None = None) -> pl.DataFrame:
     """Office-Home style: one row per method, one column per pair (mean over seeds), plus the average."""
     df = pl.DataFrame(rows)

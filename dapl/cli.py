@@ -137,7 +137,7 @@ def plan_of(a: argparse.Namespace, domains: list[str]):
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from dapl.benchmark import diverged_runs, run_one, write_tables
+    from dapl.benchmark import diverged_runs, diverged_warning, run_one, write_tables
     from dapl.models import load_clip
     from dapl.plan import format_recipe
     from dapl.run import load_manifest
@@ -155,8 +155,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     print(format_recipe(cfg))
     diverged = diverged_runs(rows)
     if diverged:
-        print(f"warning: {len(diverged)} run(s) diverged (see their metrics.json): {', '.join(diverged)}",
-              file=sys.stderr)
+        print(diverged_warning(diverged), file=sys.stderr)
     (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     print(f"tables in {out}/{a.kind}_table.md (per-seed mean ± std: {a.kind}_seeds.csv)")
     return 0

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
-from dapl.benchmark import diverged_runs
+from dapl.benchmark import diverged_runs, diverged_warning
 from dapl.paths import TOY_CHECKPOINT, file_sha256
 from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
 from flows import plan, runners
@@ -185,10 +185,8 @@ def dapl(
     print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
     diverged = diverged_runs(rows)
     if diverged:
-        warning = (f"{len(diverged)} run(s) diverged (see their metrics.json; tag dapl.diverged in MLflow): "
-                   f"{', '.join(diverged)}")
-        log.warning(warning)
-        print(f"warning: {warning}")
+        log.warning(diverged_warning(diverged))
+        print(diverged_warning(diverged))
     return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
             "diverged": diverged,
             "files": summary["files"],

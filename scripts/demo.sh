@@ -45,6 +45,7 @@ done
 .venv/bin/python - "$WORKDIR/runs/demo" <<'PY'
 import json, sys
 from pathlib import Path
+from dapl.benchmark import diverged_warning
 d = Path(sys.argv[1])
 for kind in ("full-benchmark", "ablations"):
     r = json.loads((d / f"{kind}.json").read_text())
@@ -52,7 +53,7 @@ for kind in ("full-benchmark", "ablations"):
     print(r["table"])
     print("\nrecipe: " + ", ".join(f"{k}={v}" for k, v in r["recipe"].items()))
     if r.get("diverged"):
-        print(f"\nwarning: {len(r['diverged'])} run(s) diverged (tag dapl.diverged in MLflow): {', '.join(r['diverged'])}")
+        print("\n" + diverged_warning(r["diverged"]))
     print(f"\ntables/plots: {r['runs_dir']}   MLflow parent run: {r['parent_run_id']}")
 print(f"\nMLflow store: {r['tracking_uri']}")
 PY
