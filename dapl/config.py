@@ -120,6 +120,9 @@ class TrainConfig(_Section):
     weight_decay: float = 5e-4
     warmup_iters: int = Field(0, ge=0)
     warmup_lr: float = Field(1e-5, ge=0)
+    max_grad_norm: float = Field(0.0, ge=0, description="clip the prompt gradient's total norm to this "
+                                 "(0 = never; the paper does not clip): one loss spike then cannot throw the "
+                                 "context out of the region where the text tower reads the class name")
     batch_source: int = Field(32, ge=1)
     batch_target: int = Field(32, ge=1)
     seed: int = 1
