@@ -42,7 +42,7 @@ PATH_FIELDS = ("data.root", "data.manifest", "features.cache_dir", "output_dir",
 # The fields that make a training recipe: printed with the results and logged.
 RECIPE_FIELDS = ("preset", "model.name", "prompt.m1", "prompt.m2", "prompt.csc", "prompt.init", "prompt.init_std",
                  "prompt.text", "train.epochs", "train.lr", "train.max_grad_norm", "train.batch_source",
-                 "train.batch_target", "train.loss", "features.views", "pseudo.tau")
+                 "train.batch_target", "train.loss", "features.views", "features.precision", "pseudo.tau")
 
 
 # -- config resolution -----------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_precision_resolves_per_device_and_is_in_the_key(tmp_path, setup, monkey
     assert rp("auto", "cpu", native_bf16=False) == "fp32"
     monkeypatch.setattr(features, "AUTO_CPU_BF16", True)
     assert rp("auto", "cpu", native_bf16=True) == "bf16"
-    monkeypatch.setattr(features, "AUTO_CPU_BF16", False)  # the measured veto: auto never picks bf16 on CPU
+    monkeypatch.setattr(features, "AUTO_CPU_BF16", False)  # a veto (the switch for a failed accuracy check)
     assert rp("auto", "cpu", native_bf16=True) == "fp32"
     assert [rp(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
     with pytest.raises(ValueError, match="features.precision"):
