@@ -100,8 +100,9 @@ class FeatureConfig(_Section):
     cache_dir: Path = Path("cache/features")
     dtype: Literal["float16", "float32"] = Field("float16", description="on-disk feature precision")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="image-encoder precision for extraction: 'auto' = fp16 on CUDA, fp32 on CPU (bf16 "
-        "measured 0.31 points off on the toy: opt in with 'bf16', see docs/PERFORMANCE.md); part of the cache key")
+        "auto", description="image-encoder precision for extraction: 'auto' = fp16 on CUDA, bf16 on a CPU with "
+        "native bf16 (toy averages within 0.06 points of fp32, docs/PERFORMANCE.md), fp32 elsewhere; part of the "
+        "cache key")
     batch_size: int = Field(64, ge=1, description="DataLoader batch (the encoder's batch is fixed by the format)")
     num_workers: int = Field(2, ge=0)
     chunk_size: int = Field(2048, ge=1, description="images per chunk file of a view: what a kill can lose")

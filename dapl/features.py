@@ -87,7 +87,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device | str, native_bf16: bool | None = None) -> str:
     """``auto`` -> fp16 on CUDA (what the released code ran); on a CPU with native bf16, bf16 only while
-    ``AUTO_CPU_BF16`` allows it (vetoed by the toy measurement); else fp32."""
+    ``AUTO_CPU_BF16`` allows it (the toy accuracy check passed); else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"features.precision={precision!r}: expected one of {', '.join(PRECISIONS)}")
     dev = torch.device(device)
