@@ -416,19 +416,22 @@ class Trainer:
         toy: prompts thrown by a loss spike out of the region where the text tower reads the class name drop to
         near chance in their first epoch; healthy runs end far above their start, and prompts already
         near-perfect at init (product) lose a few points at most while training on small crops. The loss is not
-        the criterion: untrained prompts are right but unsure, so their loss is already near log K."""
+        the criterion: untrained prompts are right but unsure, so their loss is already near log K. Untrained
+        prompts below twice chance (a random model) have nothing to lose: only a non-finite loss counts then."""
         acc, init = rec["probe_source_acc"], st.probe_init[1]
         chance = 1.0 / len(self.task.classnames)
-        floor = init - DIVERGENCE_SHARE * (init - chance)
-        bad = not (math.isfinite(rec["loss"]) and math.isfinite(rec["probe_source_loss"])) or acc < floor
+        floor = init - DIVERGENCE_SHARE * (init - chance) if init >= 2 * chance else 0.0
+        finite = math.isfinite(rec["loss"]) and math.isfinite(rec["probe_source_loss"])
+        bad = not finite or acc < floor
         rec["diverged"] = bool(bad)
         if bad and st.diverged is None:
             st.diverged = {"epoch": rec["epoch"], "source_acc": acc, "source_acc_init": init, "floor": floor,
                            "source_loss": rec["probe_source_loss"], "source_loss_init": st.probe_init[0]}
-            log.warning("%s: training diverged at epoch %d: the prompts classify %.1f %% of the source probe images "
-                        "(untrained: %.1f %%, chance %.1f %%): they no longer tell the classes apart (lower train.lr "
-                        "or set train.max_grad_norm); the run goes on and is marked diverged",
-                        self.out, rec["epoch"], 100 * acc, 100 * init, 100 * chance)
+            what = ("the loss is not finite" if not finite else
+                    f"the prompts classify {100 * acc:.1f} % of the source probe images (untrained: {100 * init:.1f} "
+                    f"%, chance {100 * chance:.1f} %): they no longer tell the classes apart")
+            log.warning("%s: training diverged at epoch %d: %s (lower train.lr or set train.max_grad_norm); the run "
+                        "goes on and is marked diverged", self.out, rec["epoch"], what)
 
     @torch.no_grad()
     def _end_epoch(self, epoch: int, learner: PromptLearner, sums: dict, iters: int, tgt_test: torch.Tensor,

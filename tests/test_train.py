@@ -290,3 +290,25 @@ def test_max_grad_norm_bounds_a_step(tmp_path, blob_world, vit):
     unclipped, _, out = first_step(0.0)
     assert "grad_clipped" not in out
     assert unclipped > 10 * bound, (unclipped, bound)
+
+
+def test_divergence_floor_needs_prompts_that_read_the_class(tmp_path, blob_world, vit):
+    """The accuracy rule only applies when the untrained prompts beat twice chance: a random model's prompts (at
+    chance) have nothing to lose, so a dip below chance is noise, not divergence; prompts that could read the class
+    and fell to chance are flagged."""
+    from dapl.train import Trainer
+
+    cfg = make_cfg(tmp_path, vit)
+    tr = Trainer(cfg, load_clip(cfg.model), blob_task(blob_world, per_class=4), progress=False)
+    st = tr.setup(resume=False)  # K = 4: chance 0.25
+    st.probe_init = (1.39, 0.25)
+    rec = {"epoch": 1, "loss": 1.4, "probe_source_loss": 1.5, "probe_source_acc": 0.15}
+    tr._divergence(rec, st)
+    assert not rec["diverged"] and st.diverged is None
+    st.probe_init = (0.5, 0.9)  # floor: 0.9 - 0.5 * (0.9 - 0.25) = 0.575
+    ok = {"epoch": 1, "loss": 0.5, "probe_source_loss": 0.6, "probe_source_acc": 0.6}
+    tr._divergence(ok, st)
+    assert not ok["diverged"]
+    bad = {"epoch": 2, "loss": 1.4, "probe_source_loss": 1.39, "probe_source_acc": 0.26}
+    tr._divergence(bad, st)
+    assert bad["diverged"] and st.diverged["epoch"] == 2 and st.diverged["floor"] == pytest.approx(0.575)
