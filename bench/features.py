@@ -116,6 +116,26 @@ def threads_vs_processes(model_name: str, precision: str, reps: int = 3) -> list
     return out
 
 
+# -- BatchNorm folding at reduced precision ------------------------------------------------------------
+def fold_gain(bundle: ClipBundle, precision: str, rounds: int = 6) -> tuple[float, float]:
+    """Encoder-alone images/s without and with the BatchNorms folded (``dapl.features.fold_batchnorm``),
+    interleaved in one process (the order swaps every round), medians over rounds."""
+    from dapl.features import ImageEncoder
+
+    plain = ImageEncoder(bundle, precision, fold_bn=False)
+    folded = ImageEncoder(bundle, precision)
+    x = torch.randn(ENCODE_BATCH, 3, bundle.image_size, bundle.image_size)
+    times: dict[str, list[float]] = {"plain": [], "folded": []}
+    encs = [("plain", plain), ("folded", folded)]
+    for _, enc in encs:
+        enc(x)  # warm-up
+    for r in range(rounds):
+        for k, enc in (encs if r % 2 == 0 else encs[::-1]):
+            times[k].append(timed(lambda enc=enc: enc(x), bundle.device))
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    return ENCODE_BATCH / med["plain"], ENCODE_BATCH / med["folded"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.features``: extraction throughput, fp32 path vs ``auto`` side by side (RN50 train
     view, random weights, JPEG -> cache), the DataLoader's share, decode-once vs per-view decoding, threads vs
@@ -197,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             crow.append([prec, f"{float(cos.min()):.6f}", f"{float(cos.mean()):.6f}", f"{float((1 - cos).max()):.1e}"])
     body.append("\n" + md_table(["precision", f"cosine to fp32, {a.model} random weights: min", "mean",
                                   "max 1 − cos"], crow))
+    if auto != "fp32" and sum(isinstance(m, torch.nn.BatchNorm2d) for m in bundle.model.visual.modules()):
+        plain, folded = fold_gain(bundle, auto)
+        print(f"[fold] {auto} encoder: {plain:.2f} -> {folded:.2f} img/s with BatchNorms folded", flush=True)
+        body.append("\n" + md_table([f"encoder alone at {auto}", "img/s (median of 6, interleaved)"],
+                                     [["BatchNorm after each convolution", f"{plain:.2f}"],
+                                      ["BatchNorms folded into the convolutions (what `auto` runs)",
+                                       f"{folded:.2f} ({folded / plain:.2f}×)"]]))
     if not a.skip_processes:
         tvp = threads_vs_processes(a.model, auto)
         for k, v in tvp:

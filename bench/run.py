@@ -47,6 +47,7 @@ from bench.step import (  # noqa: E402
     measure_our_eval,
 )
 from dapl.config import ModelConfig  # noqa: E402
+from dapl.features import resolve_precision  # noqa: E402
 from dapl.models import load_clip  # noqa: E402
 
 TARGETS = {"unified": 25.0, "csc": 8.0, "epoch": 40.0}
@@ -139,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     info["load average at start"] = "{:.2f} {:.2f} {:.2f}".format(*loadavg())
     rep.add("Machine", md_table(["", ""], [[k, v] for k, v in info.items()]),
             f"Command: `{cmd}`. Random weights at real size (`pretrained=None`): speed does not depend on the "
-            "weights. fp32 throughout (both structures).")
+            "weights. Training steps and evaluation in fp32 (both structures); our one-off feature extraction "
+            f"at `features.precision=auto` ({resolve_precision('auto', dev)} here).")
 
     steps: list[StepResult] = []
     first_bundle = None

@@ -101,7 +101,7 @@ class FeatureConfig(_Section):
     dtype: Literal["float16", "float32"] = Field("float16", description="on-disk feature precision")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="image-encoder precision for extraction: 'auto' = fp16 on CUDA, bf16 on a CPU with "
-        "native bf16 (toy averages within 0.06 points of fp32, docs/PERFORMANCE.md), fp32 elsewhere; part of the "
+        "native bf16 (toy averages within 0.3 points of fp32, docs/PERFORMANCE.md), fp32 elsewhere; part of the "
         "cache key")
     batch_size: int = Field(64, ge=1, description="DataLoader batch (the encoder's batch is fixed by the format)")
     num_workers: int = Field(2, ge=0)

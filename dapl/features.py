@@ -17,7 +17,8 @@ Why the layout is what it is:
 - **Decoded once.** The train views of an image are produced from one decode (each under its own seed) and
   written to their own chunk files.
 - **Precision.** ``fp32``, ``bf16`` or ``fp16`` encoder weights and inputs (``auto``: see
-  :func:`resolve_precision`); the resolved precision is part of the key and of ``meta.json``.
+  :func:`resolve_precision`); the resolved precision is part of the key and of ``meta.json``. Reduced
+  precisions also fold a ResNet's frozen BatchNorms into its convolutions.
 - **Memory-mapped.** Train views can be returned as read-only memory maps, so training at DomainNet scale
   touches only each batch's rows.
 """
@@ -51,9 +52,9 @@ CHUNK_SIZE = 2048  # images per chunk file: what a kill can lose per view
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # `auto` on a CPU with native bf16. Measured on the toy benchmark (12 pairs × 3 seeds, docs/PERFORMANCE.md,
-# block precision-cpu) with the stable toy recipe: bf16 features moved the DAPL average by -0.06 points and zero-shot
-# by +0.03, within the 0.3-point limit issue 13 sets, so `auto` picks bf16 there (2.65x faster extraction). (With
-# the earlier unstable recipe the same check gave -0.31, seed noise from collapsing runs, and vetoed it.)
+# block precision-cpu) with the stable toy recipe: bf16 features (BatchNorms folded) moved the DAPL average by +0.27
+# points and zero-shot by -0.07, within the 0.3-point limit issue 13 sets, so `auto` picks bf16 there (2.55x faster
+# extraction). Rerun `python -m bench.precision` after changing the encoder path: the margin is small.
 AUTO_CPU_BF16 = True
 
 
@@ -102,27 +103,73 @@ def resolve_precision(precision: str, device: torch.device | str, native_bf16: b
     return "fp32"
 
 
+def fold_batchnorm(visual: nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` of a ModifiedResNet (open_clip's and OpenAI's CLIP ResNets) into the
+    convolution that feeds it, in place; returns how many were folded.
+
+    Why: the frozen BN is an affine map per channel, so ``bn(conv(x))`` is one convolution with scaled weights
+    and a bias; oneDNN then skips a full pass over every activation (measured +20 % for RN101 in bf16 on one
+    core). The pairs are taken from the modules' own forward (``bnN(convN(.))``, downsample ``1(0(.))``), never
+    guessed from the graph. Folding is done in fp32, before any cast, so a reduced-precision encoder rounds
+    once per layer instead of twice.
+    """
+    from open_clip.modified_resnet import Bottleneck, ModifiedResNet
+
+    def fold(parent: nn.Module, conv_name: str, bn_name: str) -> int:
+        conv, bn = getattr(parent, conv_name, None), getattr(parent, bn_name, None)
+        if not (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and not bn.training
+                and bn.track_running_stats and conv.weight.dtype == torch.float32):
+            return 0
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = bn.bias - bn.running_mean * scale
+        if conv.bias is not None:
+            bias = bias + conv.bias * scale
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+            new.bias.copy_(bias)
+        new.requires_grad_(False)
+        setattr(parent, conv_name, new.to(conv.weight.device))
+        setattr(parent, bn_name, nn.Identity())
+        return 1
+
+    n = 0
+    for m in list(visual.modules()):
+        if isinstance(m, (Bottleneck, ModifiedResNet)):
+            n += sum(fold(m, f"conv{i}", f"bn{i}") for i in (1, 2, 3))
+        if isinstance(m, Bottleneck) and isinstance(m.downsample, nn.Sequential):
+            n += fold(m.downsample, "0", "1")
+    return n
+
+
 class ImageEncoder:
     """The frozen visual tower at one precision: weights and inputs cast (the released code's ``.half()`` on
     GPU; measured faster than autocast on a bf16 CPU), channels_last for convolutional towers (measured faster
-    for RN50 on CPU; a ViT only has its patch conv). The bundle's own model is left untouched."""
+    for RN50 on CPU; a ViT only has its patch conv). At reduced precision a ResNet's BatchNorms are folded into
+    its convolutions (:func:`fold_batchnorm`); fp32 keeps the model's own computation, the exact reference.
+    The bundle's own model is left untouched."""
 
-    def __init__(self, bundle: ClipBundle, precision: str = "fp32"):
+    def __init__(self, bundle: ClipBundle, precision: str = "fp32", fold_bn: bool = True):
         self.device = bundle.device
         self.precision = resolve_precision(precision, bundle.device)
         self.dtype = TORCH_DTYPES[self.precision]
         visual = bundle.model.visual
         convs = sum(isinstance(m, nn.Conv2d) for m in visual.modules())
         self.channels_last = convs > 1
+        self.folded = 0
         if self.precision != "fp32" or self.channels_last:
-            visual = copy.deepcopy(visual).to(self.dtype)
+            visual = copy.deepcopy(visual).eval()
+            if self.precision != "fp32" and fold_bn:
+                self.folded = fold_batchnorm(visual)
+            visual = visual.to(self.dtype)
             if self.channels_last:
                 visual = visual.to(memory_format=torch.channels_last)
         self.visual = visual.eval()
 
     @property
     def recipe(self) -> str:
-        return f"{self.precision}{'-cl' if self.channels_last else ''}"
+        return f"{self.precision}{'-cl' if self.channels_last else ''}{'-bnfold' if self.folded else ''}"
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +184,9 @@ def cache_key(bundle: ClipBundle, images: ImageSet, transform_id: str, dtype: st
               precision: str = "fp32", encode_batch: int = ENCODE_BATCH) -> str:
     """Everything that changes the stored numbers: model, transform, images, storage dtype, encoder precision
     and encoder batch (not the loader's batch size, workers or chunk size, which cannot change them)."""
-    parts = [FORMAT_VERSION, bundle.identity, transform_id, images.fingerprint(), dtype, precision, encode_batch]
+    # reduced precisions fold a ResNet's BatchNorms (ImageEncoder): their numbers changed, fp32's did not
+    encoder = precision if precision == "fp32" else f"{precision}+bnfold"
+    parts = [FORMAT_VERSION, bundle.identity, transform_id, images.fingerprint(), dtype, encoder, encode_batch]
     h = hashlib.sha256(json.dumps(parts).encode())
     return h.hexdigest()[:20]
 

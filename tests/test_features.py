@@ -13,6 +13,7 @@ from dapl.config import FeatureConfig, ModelConfig
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
 from dapl.models import load_clip
+from tests.tolerances import assert_close
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,39 @@ def test_precision_resolves_per_device_and_is_in_the_key(tmp_path, setup, monkey
     assert cache.precision == "bf16" and meta["precision"] == "bf16"
     cos = torch.nn.functional.cosine_similarity(f32, f16, dim=-1)
     assert cos.min() > 0.99 and not torch.equal(f32, f16)  # close, and really another computation
+
+
+def test_batchnorm_folding_is_the_same_function_and_only_at_reduced_precision(setup):
+    """Folded BatchNorms compute what conv -> BN computed (fp32, with non-trivial running statistics); only the
+    reduced-precision encoders fold, and the bundle's own model is never touched."""
+    import copy
+
+    from torch import nn
+
+    bundle, _ = setup
+    visual = copy.deepcopy(bundle.model.visual).eval()
+    gen = torch.Generator().manual_seed(0)
+    bns = [m for m in visual.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in bns:  # fresh BNs are the identity; give them statistics that a folding bug would show
+        m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+        m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+        m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+        m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+    x = torch.randn(4, 3, bundle.image_size, bundle.image_size, generator=gen)
+    with torch.no_grad():
+        ref = visual(x)
+        folded = copy.deepcopy(visual)
+        n = features.fold_batchnorm(folded)
+        out = folded(x)
+    assert n == len(bns) and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert_close(out, ref)
+    assert features.fold_batchnorm(folded) == 0  # nothing left to fold
+    before = {k: v.clone() for k, v in bundle.model.visual.state_dict().items()}
+    enc16, enc32 = features.ImageEncoder(bundle, "bf16"), features.ImageEncoder(bundle, "fp32")
+    assert enc16.folded == len(bns) and enc16.recipe.endswith("-bnfold")
+    assert features.ImageEncoder(bundle, "bf16", fold_bn=False).folded == 0
+    assert enc32.folded == 0 and sum(isinstance(m, nn.BatchNorm2d) for m in enc32.visual.modules()) == len(bns)
+    assert all(torch.equal(v, bundle.model.visual.state_dict()[k]) for k, v in before.items())
 
 
 def test_key_depends_on_model_transform_and_images(tmp_path, setup, tiny_config_dir):
