@@ -108,10 +108,10 @@ def fold_batchnorm(visual: nn.Module) -> int:
     convolution that feeds it, in place; returns how many were folded.
 
     Why: the frozen BN is an affine map per channel, so ``bn(conv(x))`` is one convolution with scaled weights
-    and a bias; oneDNN then skips a full pass over every activation (measured +20 % for RN101 in bf16 on one
-    core). The pairs are taken from the modules' own forward (``bnN(convN(.))``, downsample ``1(0(.))``), never
-    guessed from the graph. Folding is done in fp32, before any cast, so a reduced-precision encoder rounds
-    once per layer instead of twice.
+    and a bias; oneDNN then skips a full pass over every activation (measured 1.15-1.17x for RN50/RN101 in
+    bf16 on one core, docs/PERFORMANCE.md). The pairs are taken from the modules' own forward
+    (``bnN(convN(.))``, downsample ``1(0(.))``), never guessed from the graph. Folding is done in fp32, before
+    any cast, so a reduced-precision encoder rounds once per layer instead of twice.
     """
     from open_clip.modified_resnet import Bottleneck, ModifiedResNet
 
@@ -120,13 +120,13 @@ def fold_batchnorm(visual: nn.Module) -> int:
         if not (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and not bn.training
                 and bn.track_running_stats and conv.weight.dtype == torch.float32):
             return 0
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        bias = bn.bias - bn.running_mean * scale
-        if conv.bias is not None:
-            bias = bias + conv.bias * scale
         new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                         conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
         with torch.no_grad():
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
             new.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
             new.bias.copy_(bias)
         new.requires_grad_(False)
