@@ -8,7 +8,8 @@ Why the layout is what it is:
 
 - **Deterministic by construction.** The encoder always sees the same batches: images ``[k·B, (k+1)·B)`` of the
   set for a fixed ``encode_batch`` B (part of the key), whatever the DataLoader's batch size or worker count;
-  each image's augmentation runs under its own seed. A convolution over 3 images need not round like one over
+  each image's augmentation draws from its own generator, seeded per (image, view), never from the global RNG
+  that other threads share. A convolution over 3 images need not round like one over
   4, so this (not the loader settings) is what makes a view bit-identical from run to run on one machine.
 - **Resumable at a fine grain.** A view is written in chunks of ``chunk_size`` images (a multiple of B),
   each atomically (temp file + ``os.replace``) into ``<view>.chunks/`` of the content-addressed folder; a rerun
@@ -45,8 +46,9 @@ from tqdm.auto import tqdm
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle, eval_transform, train_transform, transform_identity
 
-# 3: fixed encoder batches, chunked views, encoder precision in the key (2: seeded views locked against threads)
-FORMAT_VERSION = "3"
+# 4: train views drawn from private generators (a cache of format 3 made while other threads used torch's global RNG
+# can hold a view of a wrong crop); 3: fixed encoder batches, chunked views, encoder precision in the key
+FORMAT_VERSION = "4"
 ENCODE_BATCH = 32  # images per encoder call (measured best on CPU for RN50); part of the key
 CHUNK_SIZE = 2048  # images per chunk file: what a kill can lose per view
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -221,18 +223,12 @@ class _ViewsDataset(Dataset):
         return self.stop - self.start
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
-        from dapl.datasets.loader import SEEDED_RNG_LOCK, load_rgb
+        from dapl.datasets.loader import load_rgb, seeded
 
         i = self.start + k
         img = load_rgb(self.images.resolve(i))
-        xs = []
-        for sf in self.seed_fns:
-            if sf is None:
-                xs.append(self.transform(img))
-                continue
-            with SEEDED_RNG_LOCK, torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(sf(i)))
-                xs.append(self.transform(img))
+        xs = [self.transform(img) if sf is None else self.transform(img, generator=seeded(sf(i)))
+              for sf in self.seed_fns]
         return torch.stack(xs), i
 
 

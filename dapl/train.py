@@ -26,7 +26,7 @@ from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from dapl.config import DaplConfig
-from dapl.datasets.loader import SEEDED_RNG_LOCK, ImageFileDataset
+from dapl.datasets.loader import load_rgb, seeded
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
 from dapl.losses import clip_logits, dapl_loss
@@ -105,14 +105,11 @@ class OnlineViews:
     """The released code's way: load, augment and encode the batch's images on every step."""
 
     def __init__(self, bundle: ClipBundle, images: ImageSet, transform: Callable):
-        self.bundle = bundle
-        self.ds = ImageFileDataset(images, transform)
+        self.bundle, self.images, self.transform = bundle, images, transform
 
     def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        seed = int(torch.randint(2**62, (1,), generator=gen))
-        with SEEDED_RNG_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            x = torch.stack([self.ds[int(i)][0] for i in idx])
+        g = seeded(int(torch.randint(2**62, (1,), generator=gen)))  # one private stream for the batch
+        x = torch.stack([self.transform(load_rgb(self.images.resolve(int(i))), generator=g) for i in idx])
         return self.bundle.encode_images(x)
 
 

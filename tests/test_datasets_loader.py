@@ -47,9 +47,9 @@ def test_every_mode_becomes_rgb(mixed_modes, recwarn):
     assert to_rgb(Image.new("F", (2, 2), 0.5)).getpixel((0, 0)) == (128, 128, 128)
 
 
-def _augment(img: Image.Image) -> torch.Tensor:
+def _augment(img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
     x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)
-    return x + torch.rand(1)  # a "random" transform: depends on the torch RNG only
+    return x + torch.rand(1, generator=generator)  # a "random" transform: depends on its generator only
 
 
 def test_seed_fn_makes_views_deterministic_and_leaves_global_rng(mixed_modes):
@@ -65,31 +65,64 @@ def test_seed_fn_makes_views_deterministic_and_leaves_global_rng(mixed_modes):
     assert torch.equal(loaded, torch.stack(a))  # identical in worker processes
 
 
-def test_seeded_views_are_the_same_when_threads_load_concurrently(mixed_modes):
-    """Prefect runs tasks in threads: each item's view must not depend on what other threads draw meanwhile."""
+def test_seeded_views_ignore_whatever_other_threads_do_to_the_global_rng(mixed_modes):
+    """Prefect runs tasks in threads, and unlocked code (a model's weight initialisation, a trainer's
+    ``torch.manual_seed``) reseeds and draws from the global RNG meanwhile: no view may change."""
     import threading
     import time
 
-    def slow_random(img):  # two draws with a thread switch between them: a race shows in the second draw
-        a = torch.rand(1)
+    def slow_random(img, generator=None):  # two draws with a thread switch between them
+        a = torch.rand(1, generator=generator)
         time.sleep(0.002)
-        return torch.cat([a, torch.rand(1)])
+        return torch.cat([a, torch.rand(1, generator=generator)])
 
     ds = ImageFileDataset(mixed_modes, slow_random, seed_fn=lambda i: 1000 + i)
     want = [ds[i][0] for i in range(len(ds))]
     got: dict[tuple[int, int], torch.Tensor] = {}
+    stop = threading.Event()
+
+    def hammer() -> None:  # what a model build or a trainer's setup does to the shared RNG
+        k = 0
+        while not stop.is_set():
+            torch.manual_seed(k)
+            torch.randn(64)
+            k += 1
 
     def worker(t: int) -> None:
         for _ in range(3):
             for i in range(len(ds)):
                 got[t, i] = ds[i][0]
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    noise = threading.Thread(target=hammer)
+    noise.start()
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(3)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    assert all(torch.equal(v, want[i]) for (_, i), v in got.items())
+    stop.set()
+    noise.join()
+    assert len(got) == 3 * len(ds) and all(torch.equal(v, want[i]) for (_, i), v in got.items())
+
+
+def test_train_transform_draws_what_torchvision_draws_after_the_same_seed():
+    """Cached views made before the private generator (torchvision under ``torch.manual_seed``) stay valid:
+    the same seed gives the same crop, flip and pixels, including the central-crop fallback."""
+    from torchvision import transforms as T
+
+    from dapl.models import TrainTransform
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    rng = np.random.default_rng(0)
+    for w, h in ((480, 360), (6, 300), (200, 20)):  # the thin ones hit the fallback
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for scale_min, hflip in ((0.08, True), (0.55, False)):
+            ref = T.Compose([T.RandomResizedCrop(16, scale=(scale_min, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                             *([T.RandomHorizontalFlip()] if hflip else []), T.ToTensor(), T.Normalize(mean, std)])
+            ours = TrainTransform(16, scale_min, hflip, mean, std)
+            for seed in range(40):
+                torch.manual_seed(seed)
+                assert torch.equal(ours(img, generator=torch.Generator().manual_seed(seed)), ref(img))
 
 
 def test_loader_order_is_the_imageset_order(mixed_modes):

@@ -1,17 +1,16 @@
 """Torch data loading over an :class:`~dapl.imageset.ImageSet`.
 
 Items are ``(tensor, index)``: the index lets the feature cache put each output back in its row whatever the
-batch order or worker count. With ``seed_fn`` the random transform of item ``i`` runs under its own seed
-(``torch.manual_seed(seed_fn(i))`` inside ``torch.random.fork_rng``), so augmented views are identical for any
-``num_workers`` and never touch the caller's global RNG state. torchvision's random transforms draw from the
-global RNG, which threads share (Prefect runs tasks in threads), so a seeded transform holds ``SEEDED_RNG_LOCK``:
-without it two threads reseed each other's draws and the cached views change from run to run.
+batch order or worker count. With ``seed_fn`` item ``i`` is transformed as ``transform(img, generator=g)`` with a
+private generator seeded ``seed_fn(i)`` (e.g. :class:`dapl.models.TrainTransform`), so augmented views are
+identical for any ``num_workers`` and any thread interleaving, and the global RNG is never touched. (Seeding the
+global RNG instead, even under a lock, failed: every thread shares it and unlocked code such as a model's weight
+initialisation draws from it meanwhile.)
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -23,8 +22,11 @@ from dapl.datasets.errors import DatasetError
 from dapl.imageset import ImageSet
 
 Transform = Callable[[Image.Image], torch.Tensor]
-# Serialises seeded random transforms across threads (reentrant: a seeded batch may run seeded items).
-SEEDED_RNG_LOCK = threading.RLock()
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A private CPU generator for one seeded view (never the global RNG, which every thread shares)."""
+    return torch.Generator().manual_seed(int(seed))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -79,10 +81,7 @@ class ImageFileDataset(Dataset):
         img = load_rgb(self.image_set.resolve(index))
         if self.seed_fn is None:
             return self.transform(img), index
-        with SEEDED_RNG_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed_fn(index)))
-            x = self.transform(img)
-        return x, index
+        return self.transform(img, generator=seeded(self.seed_fn(index))), index
 
 
 def default_num_workers() -> int:
