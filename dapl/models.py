@@ -450,16 +450,17 @@ class TrainTransform:
 
     def __init__(self, size: int, scale_min: float, hflip: bool, mean, std):
         self.size, self.scale, self.hflip = size, (scale_min, 1.0), hflip
+        # log of the aspect-ratio bounds in float32, as torchvision takes them (once, not per image)
+        self.log_ratio = tuple(float(x) for x in torch.log(torch.tensor(self.RATIO)))
         self.finish = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
 
     def crop(self, width: int, height: int, g: torch.Generator | None) -> tuple[int, int, int, int]:
         """``(top, left, h, w)``: up to 10 draws of an area share and a log aspect ratio, else the central crop
         (torchvision's procedure, in its order of draws)."""
         area = height * width
-        log_ratio = torch.log(torch.tensor(self.RATIO))
         for _ in range(10):
             target = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=g).item()
-            aspect = torch.exp(torch.empty(1).uniform_(float(log_ratio[0]), float(log_ratio[1]), generator=g)).item()
+            aspect = torch.exp(torch.empty(1).uniform_(*self.log_ratio, generator=g)).item()
             w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
                 top = int(torch.randint(0, height - h + 1, size=(1,), generator=g).item())
