@@ -122,6 +122,17 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def gflop(fn: Callable[[], object]) -> float:
+    """GFLOP that ``fn`` runs in matrix products, convolutions and attention (2 per multiply-add, backward
+    included), counted by torch's FlopCounterMode; elementwise work is not counted, so it bounds time from
+    below."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 @dataclass
 class Samples:
     """Wall times of one path over interleaved rounds, with the memory of its (untimed) warm-up run."""

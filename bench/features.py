@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import timed
+from bench.common import gflop, timed
 from dapl.config import FeatureConfig
 from dapl.features import ENCODE_BATCH, ExtractStats, FeatureCache
 from dapl.imageset import ImageSet
@@ -79,6 +79,32 @@ def measure(bundle: ClipBundle, model_name: str, n_images: int, workers: int = 2
     t_enc = min(timed(lambda: enc(x), bundle.device) for _ in range(2))
     return Throughput(model_name, n_images, n_images / t_test, n_images / t_train, ENCODE_BATCH / t_enc, workers,
                       batch_size, cache.precision, share)
+
+
+# -- the compute ceiling -----------------------------------------------------------------------------------
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def encoder_gflop(bundle: ClipBundle) -> float:
+    """GFLOP of one image through the image tower (the fp32 model: the count does not depend on precision)."""
+    x = torch.zeros(1, 3, bundle.image_size, bundle.image_size, device=bundle.device)
+    visual = bundle.model.visual.eval()
+    with torch.no_grad():
+        return gflop(lambda: visual(x))
+
+
+def matmul_gflops(precision: str, device: torch.device, sizes: tuple[int, ...] = (512, 1024, 2048),
+                  reps: int = 5) -> float:
+    """Best GFLOP/s of square matrix products at ``precision`` on the current threads (best size, best of
+    ``reps``): the dense-compute ceiling that convolutions and the text tower can approach but not pass, as
+    they run on the same multiply-add units."""
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(_DTYPES[precision])
+        b = torch.randn(n, n, device=device).to(_DTYPES[precision])
+        a @ b  # warm-up
+        best = max(best, 2 * n**3 / min(timed(lambda a=a, b=b: a @ b, device) for _ in range(reps)) / 1e9)
+    return best
 
 
 # -- threads vs processes for the encoder --------------------------------------------------------------------

@@ -29,7 +29,7 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "DAPL_OFFLINE": "1", "DO_NOT_TRACK": "true
 import torch  # noqa: E402
 
 from bench import features as feat  # noqa: E402
-from bench.common import classnames, fmt_s, loadavg, machine_info, md_table  # noqa: E402
+from bench.common import classnames, fmt_s, gflop, loadavg, machine_info, md_table  # noqa: E402
 from bench.official import EQUIV_HEADERS, check_equivalence  # noqa: E402
 from bench.profile import profile_step  # noqa: E402
 from bench.scaling import MEMORY_LIMIT_GIB, official_tokens, run_point  # noqa: E402
@@ -74,6 +74,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                    "('' = print only)")
     p.add_argument("--tag", default=None, help="name of the results block (default <device>-<quick|full>)")
     return p.parse_args(argv)
+
+
+def _share(gflops: float, ceiling: float) -> str:
+    return f"{gflops:.0f} ({100 * gflops / ceiling:.0f} % of {ceiling:.0f})"
 
 
 def model_name(short: str) -> str:
@@ -146,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     steps: list[StepResult] = []
     first_bundle = None
     throughput: dict[str, feat.Throughput] = {}
+    img_gflop: dict[str, float] = {}  # per model: GFLOP per image through the image tower
+    ceiling: dict[str, float] = {}  # per precision: this machine's matmul GFLOP/s on the benchmark's threads
     eq_rows, step_rows, mem_rows, epoch_rows, total_rows = [], [], [], [], []
     for short in models:
         name = model_name(short)
@@ -169,8 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         # (2) feature extraction throughput (the official evaluation's per-image cost too)
         tp = feat.measure(bundle, short, n_img)
         throughput[short] = tp
+        img_gflop[short] = feat.encoder_gflop(bundle)
+        for prec in sorted({tp.precision, "fp32"} - set(ceiling)):
+            ceiling[prec] = feat.matmul_gflops(prec, dev)
+            print(f"[ceiling] {prec} matrix products: {ceiling[prec]:.0f} GFLOP/s", flush=True)
         print(f"[features] {short}: {tp.test_view_img_s:.1f} img/s test view, {tp.train_view_img_s:.1f} img/s "
-              f"train view, encoder alone {tp.encoder_img_s:.1f} img/s", flush=True)
+              f"train view, encoder alone {tp.encoder_img_s:.1f} img/s = "
+              f"{tp.encoder_img_s * img_gflop[short]:.0f} GFLOP/s ({img_gflop[short]:.2f} GFLOP/img; {tp.precision} "
+              f"matmul ceiling {ceiling[tp.precision]:.0f} GFLOP/s)", flush=True)
 
         # (3) + (4) steps and epochs
         for K in Ks:
@@ -203,10 +215,16 @@ def main(argv: list[str] | None = None) -> int:
                 if proto.tasks > 1:  # Office-Home: each domain's images are cached once for all 12 tasks
                     n_imgs = 15_588
                 extract = n_imgs * (VIEWS / tp.train_view_img_s + 1 / tp.test_view_img_s)
+                # the same views with the encoder at the matmul ceiling and free decoding: no encoder can beat it
+                floor = n_imgs * (VIEWS + 1) * img_gflop[short] / ceiling[tp.precision]
                 runs = proto.tasks * proto.epochs
-                total_rows.append([short, K, v, proto.name, fmt_s(runs * est.official_s),
-                                   fmt_s(extract), fmt_s(runs * est.ours_s + extract),
-                                   f"{runs * est.official_s / (runs * est.ours_s + extract):.1f}×"])
+                official, train = runs * est.official_s, runs * est.ours_s
+                # our fp32 training steps at the fp32 matmul ceiling (their counted GFLOP; evaluation left out)
+                train_floor = runs * est.iters * gflop(r.ours[v]) / ceiling["fp32"]
+                total_rows.append([short, K, v, proto.name, fmt_s(official), fmt_s(extract), fmt_s(train),
+                                   fmt_s(train + extract), f"{official / (train + extract):.1f}×",
+                                   fmt_s(floor), f"{official / (train + floor):.1f}×", fmt_s(train_floor),
+                                   f"{official / (train_floor + floor):.1f}×"])
             for k, s in r.samples.items():
                 m = s.memory
                 mem_rows.append([short, K, k, f"{m.get('peak_rss_gib', float('nan')):.2f}",
@@ -235,20 +253,31 @@ def main(argv: list[str] | None = None) -> int:
         "the text encoder over all prompts at 77 tokens once per test batch (measured). Ours: measured directly "
         "at the real target-set size — one prompt forward and one matrix product over cached fp16 features.")
     rep.add("Whole protocol on this machine (estimate from the measured parts)", md_table(
-        ["model", "K", "context", "protocol", "official", "ours: one-off feature extraction", "ours total",
-         "ratio"], total_rows),
+        ["model", "K", "context", "protocol", "official", "ours: one-off feature extraction",
+         "ours: training + evaluation", "ours total", "ratio", "extraction at the matmul ceiling",
+         "ratio bound (measured training)", "training at the fp32 ceiling", "ratio bound (both at the ceiling)"],
+        total_rows),
         f"Ours = one-off extraction of {VIEWS} augmented train views + the test view per image (measured "
         "throughput) + tasks × epochs × epoch. The protocol's own model/K is the matching row; others are for "
-        "reference.")
+        "reference. The last four columns bound what a faster implementation of the same computation could "
+        "reach on this machine, same views, same fp32 training: extraction at the ceiling = images × (views + 1) "
+        "× the tower's GFLOP per image / the measured matmul GFLOP/s at the extraction precision (decoding "
+        "free); training at the ceiling = steps × our step's counted GFLOP (forward + backward) / the fp32 "
+        "matmul GFLOP/s (evaluation free). Counted GFLOP leave out elementwise work, so these are upper bounds "
+        "on the ratio.")
     rep.add("Feature extraction (JPEG → DataLoader → frozen image encoder → fp16 cache)", md_table(
         ["model", "images", "precision (auto)", "test view img/s", "train view img/s", "encoder alone img/s",
-         "DataLoader share", "workers", "batch"],
+         "GFLOP/img", "encoder GFLOP/s (share of the matmul ceiling)", "DataLoader share", "workers", "batch"],
         [[t.model, t.n_images, t.precision, f"{t.test_view_img_s:.1f}", f"{t.train_view_img_s:.1f}",
-          f"{t.encoder_img_s:.1f}", f"{100 * t.loader_share:.0f} %", t.workers, t.batch_size]
+          f"{t.encoder_img_s:.1f}", f"{img_gflop[t.model]:.2f}",
+          _share(t.encoder_img_s * img_gflop[t.model], ceiling[t.precision]), f"{100 * t.loader_share:.0f} %",
+          t.workers, t.batch_size]
          for t in throughput.values()]),
         "480×360 JPEGs (quality 90) generated into a temporary folder, read through `FeatureCache` at "
         "`features.precision=auto` (fixed encoder batches over a DataLoader); worker start-up included. "
-        "`python -m bench.features` compares it with the fp32 path side by side.")
+        "`python -m bench.features` compares it with the fp32 path side by side. GFLOP per image: torch's "
+        "FlopCounterMode over the tower (2 per multiply-add); the matmul ceiling is the best square product "
+        "(512, 1024 or 2048) at the extraction precision on the same threads.")
     rep.add("Peak memory of one step", md_table(
         ["model", "K", "path", "peak RSS (GiB)", "peak − RSS before (GiB)"]
         + (["peak CUDA allocated (GiB)"] if dev.type == "cuda" else []), mem_rows),

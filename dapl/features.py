@@ -260,8 +260,9 @@ def encode_range(encoder: ImageEncoder, images: ImageSet, transform: Callable,
     stats = stats or ExtractStats()
     nv = len(seed_fns)
     ds = _ViewsDataset(images, transform, seed_fns, start, stop)
+    # a private generator: a DataLoader without one draws its workers' base seed from the global RNG
     dl = DataLoader(ds, batch_size=max(1, batch_size // nv), shuffle=False, num_workers=num_workers,
-                    pin_memory=encoder.device.type == "cuda", persistent_workers=False)
+                    generator=torch.Generator(), pin_memory=encoder.device.type == "cuda", persistent_workers=False)
     outs: list[np.ndarray] = []
     pending: list[torch.Tensor] = []
     have, filled, expect = 0, 0, start

@@ -304,7 +304,8 @@ class Trainer:
         """Learner, cached features, zero-shot pseudo-labels, source split, optimiser; resume a checkpoint."""
         cfg, task, dev = self.cfg, self.task, self.dev
         tc = cfg.train
-        torch.manual_seed(tc.seed)
+        # every draw below comes from a generator seeded with tc.seed; torch's global RNG is neither read nor
+        # reseeded (other threads of a flow, and the caller, own it)
         learner = PromptLearner(self.bundle, task.classnames, task.domains, cfg.prompt, cfg.pseudo.template)
         learner.reset_parameters(tc.seed)
         src_views, tgt_views, src_test, tgt_test = self._sources()

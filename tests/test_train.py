@@ -145,6 +145,23 @@ def test_resume_after_kill_is_bit_equal(tmp_path, blob_world, vit):
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
 
 
+def test_training_neither_reads_nor_reseeds_the_global_rng(tmp_path, blob_world, vit):
+    """torch's global RNG belongs to the caller and to the other threads of a flow: a run (feature extraction
+    included) must leave it exactly as it found it, and what it learns must not depend on it."""
+    task = blob_task(blob_world)
+    bundle = load_clip(make_cfg(tmp_path, vit).model)
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    a = train(make_cfg(tmp_path / "a", vit), bundle, task, progress=False)
+    assert torch.equal(torch.get_rng_state(), state), "the run drew from or reseeded the global RNG"
+    torch.manual_seed(99)
+    torch.rand(1000)
+    b = train(make_cfg(tmp_path / "b", vit), bundle, task, progress=False)
+    for k, v in a.learner.context_tensors().items():
+        assert_close(b.learner.context_tensors()[k], v, msg=k)
+    assert [r["target_acc"] for r in b.history] == [r["target_acc"] for r in a.history]
+
+
 def test_resume_from_epoch_checkpoint(tmp_path, blob_world, vit):
     task = blob_task(blob_world)
     bundle = load_clip(make_cfg(tmp_path, vit).model)
