@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import gflop, timed
+from bench.common import gflop, interleaved, timed
 from dapl.config import FeatureConfig
-from dapl.features import ENCODE_BATCH, ExtractStats, FeatureCache
+from dapl.features import ENCODE_BATCH, TORCH_DTYPES, ExtractStats, FeatureCache
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle
 
@@ -82,9 +82,6 @@ def measure(bundle: ClipBundle, model_name: str, n_images: int, workers: int = 2
 
 
 # -- the compute ceiling -----------------------------------------------------------------------------------
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def encoder_gflop(bundle: ClipBundle) -> float:
     """GFLOP of one image through the image tower (the fp32 model: the count does not depend on precision)."""
     x = torch.zeros(1, 3, bundle.image_size, bundle.image_size, device=bundle.device)
@@ -100,8 +97,8 @@ def matmul_gflops(precision: str, device: torch.device, sizes: tuple[int, ...] =
     they run on the same multiply-add units."""
     best = 0.0
     for n in sizes:
-        a = torch.randn(n, n, device=device).to(_DTYPES[precision])
-        b = torch.randn(n, n, device=device).to(_DTYPES[precision])
+        a = torch.randn(n, n, device=device).to(TORCH_DTYPES[precision])
+        b = torch.randn(n, n, device=device).to(TORCH_DTYPES[precision])
         a @ b  # warm-up
         best = max(best, 2 * n**3 / min(timed(lambda a=a, b=b: a @ b, device) for _ in range(reps)) / 1e9)
     return best
@@ -151,15 +148,8 @@ def fold_gain(bundle: ClipBundle, precision: str, rounds: int = 6) -> tuple[floa
     plain = ImageEncoder(bundle, precision, fold_bn=False)
     folded = ImageEncoder(bundle, precision)
     x = torch.randn(ENCODE_BATCH, 3, bundle.image_size, bundle.image_size)
-    times: dict[str, list[float]] = {"plain": [], "folded": []}
-    encs = [("plain", plain), ("folded", folded)]
-    for _, enc in encs:
-        enc(x)  # warm-up
-    for r in range(rounds):
-        for k, enc in (encs if r % 2 == 0 else encs[::-1]):
-            times[k].append(timed(lambda enc=enc: enc(x), bundle.device))
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    return ENCODE_BATCH / med["plain"], ENCODE_BATCH / med["folded"]
+    s, _ = interleaved({"plain": lambda: plain(x), "folded": lambda: folded(x)}, rounds, bundle.device)
+    return ENCODE_BATCH / s["plain"].median, ENCODE_BATCH / s["folded"].median
 
 
 def main(argv: list[str] | None = None) -> int:
