@@ -38,18 +38,36 @@ def run_one(run: Run, bundle=None, manifest=None, progress: bool = True,
             "pl_coverage": summary["pseudo_labels"]["coverage"], "pl_accuracy": summary["pseudo_labels"]["accuracy"],
             "output_dir": cfg.output_dir.as_posix(), "axis": spec.axis, "setting": cfg.prompt.setting.value,
             "m1": cfg.prompt.m1, "m2": cfg.prompt.m2, "tau": cfg.tau,
-            "diverged": bool(summary.get("diverged"))}
+            "diverged": bool(summary.get("diverged")), "no_pseudo_labels": bool(summary.get("no_pseudo_labels"))}
+
+
+# the run flags every front door (CLI, flows, demo) warns about: row key -> what the warning says of them
+FLAGS = {"diverged": "diverged (see their metrics.json; tag dapl.diverged in MLflow)",
+         "no_pseudo_labels": "had no target image above tau and trained as source-only (lower pseudo.tau; tag "
+                             "dapl.no_pseudo_labels in MLflow)"}
+
+
+def flagged_runs(rows: list[dict], flag: str = "diverged") -> list[str]:
+    """``"<pair> <method> seed <n>"`` of every run whose row has ``flag`` set."""
+    return [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get(flag)]
 
 
 def diverged_runs(rows: list[dict]) -> list[str]:
-    """``"<pair> <method> seed <n>"`` of every run flagged diverged: what each front door warns about."""
-    return [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get("diverged")]
+    return flagged_runs(rows, "diverged")
+
+
+def flag_warning(names: list[str], flag: str = "diverged") -> str:
+    """The one warning line for the runs ``flagged_runs`` named."""
+    return f"warning: {len(names)} run(s) {FLAGS[flag]}: {', '.join(names)}"
 
 
 def diverged_warning(names: list[str]) -> str:
-    """The one warning line every front door (CLI, flows, demo) prints for ``diverged_runs``."""
-    return (f"warning: {len(names)} run(s) diverged (see their metrics.json; tag dapl.diverged in MLflow): "
-            f"{', '.join(names)}")
+    return flag_warning(names, "diverged")
+
+
+def run_warnings(rows: list[dict]) -> list[str]:
+    """Every flag's warning line that applies to ``rows`` (none when all runs are clean)."""
+    return [flag_warning(names, f) for f in FLAGS if (names := flagged_runs(rows, f))]
 
 
 def results_table(rows: list[dict], methods: list[str] | None = None) -> pl.DataFrame:

@@ -97,13 +97,19 @@ def cmd_zero_shot(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from dapl.run import adapt
+    from dapl.run import adapt, no_pseudo_label_warning
 
     cfg = _config(a)
     summary = adapt(cfg, resume=not a.restart)
     _print_json({k: summary[k] for k in ("task", "setting", "final", "selection", "oracle", "zero_shot",
                                          "pseudo_labels")})
+    from dapl.plots import run_pngs
+
+    run_pngs(Path(cfg.output_dir), summary["task"])  # history.png is the DVC stage's plot
     print(f"artifacts in {cfg.output_dir}")
+    warning = no_pseudo_label_warning(cfg, summary)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -137,7 +143,7 @@ def plan_of(a: argparse.Namespace, domains: list[str]):
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
-    from dapl.benchmark import diverged_runs, diverged_warning, run_one, write_tables
+    from dapl.benchmark import run_one, run_warnings, write_tables
     from dapl.models import load_clip
     from dapl.plan import format_recipe
     from dapl.run import load_manifest
@@ -153,9 +159,8 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     text = write_tables(rows, out, a.kind).markdown
     print(text)
     print(format_recipe(cfg))
-    diverged = diverged_runs(rows)
-    if diverged:
-        print(diverged_warning(diverged), file=sys.stderr)
+    for line in run_warnings(rows):
+        print(line, file=sys.stderr)
     (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     print(f"tables in {out}/{a.kind}_table.md (per-seed mean ± std: {a.kind}_seeds.csv)")
     return 0

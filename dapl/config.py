@@ -151,6 +151,8 @@ class DataConfig(_Section):
     manifest: Path | None = None
     source: list[str] = Field(default_factory=lambda: ["real"])
     target: list[str] = Field(default_factory=lambda: ["art"])
+    allow_incomplete: bool = Field(False, description="accept a deliberate subset: fewer images per domain than "
+                                   "the official release (fetch and index record it as incomplete_domain)")
 
     @model_validator(mode="after")
     def _domains_distinct(self) -> DataConfig:

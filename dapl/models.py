@@ -35,6 +35,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from dapl.config import FeatureConfig, ModelConfig
+from dapl.errors import UserError
 from dapl.paths import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -45,7 +46,7 @@ SHIPPED_TAG = "dapl"  # weights shipped inside the package (dapl/assets/<name>.p
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(UserError, RuntimeError):
     """Pretrained weights are neither on disk nor downloadable right now."""
 
 

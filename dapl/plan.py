@@ -76,10 +76,12 @@ def _absolute_paths(flat: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def dataset_recipe(dataset: str) -> dict[str, Any]:
-    """The dataset's recipe defaults from the registry (dotted overrides; empty for datasets without one)."""
+    """The dataset's recipe defaults from the registry (dotted overrides), its τ included: a resolved config
+    always says the τ it trains with."""
     from dapl.datasets.registry import get_spec
 
-    return dict(getattr(get_spec(dataset), "recipe", None) or {})
+    spec = get_spec(dataset)
+    return {"pseudo.tau": spec.tau, **(getattr(spec, "recipe", None) or {})}
 
 
 def default_weights(backbone: str) -> str:
@@ -89,8 +91,8 @@ def default_weights(backbone: str) -> str:
 
 def resolve_config(config: str | Path | None = None, *, preset: str | None = None, dataset: str | None = None,
                    root: str | Path | None = None, backbone: str | None = None, weights: str | None = None,
-                   epochs: int | None = None, overrides: dict[str, Any] | None = None,
-                   workdir: str | Path | None = None) -> DaplConfig:
+                   epochs: int | None = None, allow_incomplete: bool | None = None,
+                   overrides: dict[str, Any] | None = None, workdir: str | Path | None = None) -> DaplConfig:
     """The base configuration of every entry point (see the module docstring for the layers and path rule)."""
     wd = Path(workdir if workdir is not None else Path.cwd()).expanduser().absolute()
     file_layer = read_config_file(config) if config else {}
@@ -109,6 +111,8 @@ def resolve_config(config: str | Path | None = None, *, preset: str | None = Non
         named["model.pretrained"] = weights
     if epochs:
         named["train.epochs"] = int(epochs)
+    if allow_incomplete is not None:
+        named["data.allow_incomplete"] = bool(allow_incomplete)
     user = expand_dotted(_absolute_paths(flatten(deep_merge(expand_dotted(named), over)), wd))
     chosen_preset = preset or user.pop("preset", None) or file_layer.get("preset") or "paper"
     ds = user.get("data", {}).get("dataset") or file_layer.get("data", {}).get("dataset") or "toy"
@@ -147,7 +151,8 @@ def recipe(cfg: DaplConfig) -> dict[str, Any]:
 
 
 def format_recipe(cfg: DaplConfig) -> str:
-    return "recipe (" + cfg.data.dataset + "): " + ", ".join(f"{k}={v}" for k, v in recipe(cfg).items())
+    subset = " (a subset: data.allow_incomplete=True)" if cfg.data.allow_incomplete else ""
+    return f"recipe ({cfg.data.dataset}{subset}): " + ", ".join(f"{k}={v}" for k, v in recipe(cfg).items())
 
 
 # -- the sweep ---------------------------------------------------------------------------------------------

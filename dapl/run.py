@@ -109,6 +109,18 @@ def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundl
     return write_outputs(cfg, bundle, task, res)
 
 
+def uses_pseudo_labels(cfg: DaplConfig) -> bool:
+    return cfg.pseudo.enabled and cfg.prompt.learned
+
+
+def no_pseudo_label_warning(cfg: DaplConfig, summary: dict) -> str | None:
+    """What to tell a user whose DAPL run had no target image above τ (so it learnt from the source alone)."""
+    if not summary.get("no_pseudo_labels"):
+        return None
+    return (f"warning: no target image passes tau={cfg.tau} (zero-shot pseudo-label coverage 0 %), so this run "
+            "trained as source-only prompt learning; lower pseudo.tau (e.g. --set pseudo.tau=0.3)")
+
+
 def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res: TrainResult) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +142,7 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res
         "selection": res.selection,
         "oracle": res.oracle,
         "diverged": res.diverged,
+        "no_pseudo_labels": uses_pseudo_labels(cfg) and not res.pseudo.get("coverage"),
         "zero_shot": {k: v for k, v in res.zero_shot.items() if k != "metrics"},
         "pseudo_labels": res.pseudo,
         "metrics": {k: m.to_dict() for k, m in res.target_metrics.items()},

@@ -46,9 +46,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     params |= parse_params(a.param or [])
     params["kind"] = a.kind
     _check_tracking(params)
-    from flows.dapl_flow import dapl
+    from flows.dapl_flow import RunsFailed, dapl
+    from tasks.common import is_user_error
 
-    result = dapl(**params)
+    try:
+        result = dapl(**params)
+    except Exception as e:  # the flow run's log already holds the reason; here it is one line, no traceback
+        if not (is_user_error(e) or isinstance(e, RunsFailed)):
+            raise
+        print(f"python -m flows run {a.kind}: error: {e}", file=sys.stderr)
+        return 2 if is_user_error(e) else 1
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(result, indent=1, default=str))

@@ -16,14 +16,25 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
-from dapl.benchmark import diverged_runs, diverged_warning
+from dapl.benchmark import diverged_runs, run_warnings
 from dapl.paths import TOY_CHECKPOINT, file_sha256
 from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
 from flows import plan, runners
 from tasks import evaluate, extract_features, fetch, index, summarise, toy_pretrain, tracking, train_prompts, zero_shot
-from tasks.common import code_version, results_dir
+from tasks.common import code_version, is_user_error, results_dir
 from tasks.train import complete_tracking
+
+
+class RunsFailed(RuntimeError):
+    """Some planned runs did not finish (their tasks logged why) or were not tracked: the flow run's message."""
+
+
+def _refused(state):
+    """A data stage that did not complete ends the flow run Failed with that stage's one-line reason."""
+    exc = state.result(raise_on_failure=False)
+    return Failed(message=state.message, data=exc if isinstance(exc, BaseException) else None)
 
 
 def _weights_identity(cfg) -> str:
@@ -68,6 +79,7 @@ def dapl(
     tracking_uri: str | None = None,
     experiment: str = tracking.DEFAULT_EXPERIMENT,
     refresh: bool = False,
+    allow_incomplete: bool = False,
 ) -> dict:
     """DAPL benchmark (every pair × zero-shot/source-only/DAPL × seeds) or ablations (prompt settings, M1×M2, τ).
 
@@ -93,6 +105,9 @@ def dapl(
         tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db).
         refresh: ignore cached task results and recompute (a finished training is re-read from its final
             checkpoint; delete its runs folder to train it again from scratch).
+        allow_incomplete: accept a deliberate subset of a registry dataset (fewer images per domain than the
+            official release), keeping the dataset's recipe, metric and manifest name; as `dapl data index
+            --allow-incomplete` (config key data.allow_incomplete).
     """
     log = get_run_logger()
     t0 = time.perf_counter()
@@ -103,17 +118,30 @@ def dapl(
     if swept:
         log.warning("marked %d MLflow run(s) of killed processes FAILED: %s", len(swept), ", ".join(swept))
 
-    req = plan.from_params(kind=kind, dataset=dataset, root=root, backbone=backbone, weights=weights, preset=preset,
-                           seeds=seeds, epochs=epochs, pairs=pairs, methods=methods, pair=pair, settings=settings,
-                           m1m2=m1m2, taus=taus, overrides=overrides, config=config, workdir=workdir)
+    try:
+        req = plan.from_params(kind=kind, dataset=dataset, root=root, backbone=backbone, weights=weights,
+                               preset=preset, seeds=seeds, epochs=epochs, pairs=pairs, methods=methods, pair=pair,
+                               settings=settings, m1m2=m1m2, taus=taus, overrides=overrides, config=config,
+                               workdir=workdir, allow_incomplete=allow_incomplete)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        log.error("%s", e)
+        return Failed(message=str(e), data=e)
     cfg, sweep = req.config, req.sweep
     log.info(format_recipe(cfg))
     data_root, manifest = str(cfg.data.root), str(cfg.data.manifest)
+    counts = not cfg.data.allow_incomplete
 
-    _prepare(fetch, refresh)(cfg.data.dataset, data_root, sources, toy)
-    idx = _prepare(index, refresh)(cfg.data.dataset, data_root, manifest)
-    if not Path(idx["manifest"]).is_file():  # a cached result whose file was deleted since
-        idx = _prepare(index, True)(cfg.data.dataset, data_root, manifest)
+    state = _prepare(fetch, refresh)(cfg.data.dataset, data_root, sources, toy, counts, return_state=True)
+    if not state.is_completed():
+        return _refused(state)
+    state = _prepare(index, refresh)(cfg.data.dataset, data_root, manifest, counts, return_state=True)
+    if state.is_completed() and not Path(state.result()["manifest"]).is_file():  # cached, the file deleted since
+        state = _prepare(index, True)(cfg.data.dataset, data_root, manifest, counts, return_state=True)
+    if not state.is_completed():
+        return _refused(state)
+    idx = state.result()
     pre = cfg.model.pretrained
     if pre and Path(pre) == TOY_CHECKPOINT and not Path(pre).is_file():  # only the toy checkpoint is made here
         _prepare(toy_pretrain, refresh)(pre, None)
@@ -125,7 +153,8 @@ def dapl(
     rdir, runs = req.runs_dir, req.runs(idx["domains"])
     this_run = str(flow_run.id or "")
     data_tags = tracking.data_tags(data_root, msha)
-    tags = {"kind": kind, "dataset": cfg.data.dataset, "code_version": code_version(), **data_tags}
+    tags = {"kind": kind, "dataset": cfg.data.dataset, "code_version": code_version(), **data_tags,
+            "dapl.allow_incomplete": cfg.data.allow_incomplete}
     parent = tracking.start_run(uri, exp_id, f"{kind} {cfg.data.dataset}", {
         **tags, "prefect.flow_run_id": this_run, "pairs": ", ".join(f"{s}->{t}" for s, t in pairs_of(runs)),
         "runs_dir": str(rdir), "recipe": format_recipe(cfg)})
@@ -157,7 +186,7 @@ def dapl(
             r["cached"] = r.get("flow_run_id") != this_run
         zres = [z.result() for z in zs.values() if z.state.is_completed()]
         if not rows:
-            raise RuntimeError(f"every run failed: {failed}")
+            raise RunsFailed(f"every run failed: {failed}")
         # runs whose MLflow tracking was lost mid-flow (this run's or an earlier one's): logged again from disk
         replayed, untracked = complete_tracking([r.config.output_dir for r in runs], track)
         for r in rows:
@@ -169,26 +198,29 @@ def dapl(
         tracking.best_effort("parent tags", tracking.set_tags, uri, parent, {
             "runs_failed": len(failed), "orphans_marked_failed": len(swept), "runs_untracked": len(untracked)})
         if failed:
-            raise RuntimeError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
+            raise RunsFailed(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
         if untracked:
-            raise RuntimeError(
+            raise RunsFailed(
                 f"MLflow tracking is missing for {len(untracked)} of {len(runs)} runs; they are trained and their "
                 f"results are on disk ({rdir}):\n  " + "\n  ".join(untracked.values()) +
                 f"\nMake {uri} reachable and run the same flow again: these runs are logged from their files, "
                 "without retraining.")
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FINISHED")
+    except RunsFailed as e:  # each failed task logged its own reason: the flow ends with one line
+        tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
+        log.error("%s", e)
+        return Failed(message=str(e), data=e)
     except BaseException:
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
         raise
     print(f"\n{kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
     print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
-    diverged = diverged_runs(rows)
-    if diverged:
-        log.warning(diverged_warning(diverged))
-        print(diverged_warning(diverged))
+    warnings = run_warnings(rows)
+    for line in warnings:
+        log.warning(line)
+        print(line)
     return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
-            "diverged": diverged,
-            "files": summary["files"],
+            "diverged": diverged_runs(rows), "warnings": warnings, "files": summary["files"],
             "plots": summary["plots"], "parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
             "runs": len(rows), "cached": cached, "orphans_marked_failed": swept}

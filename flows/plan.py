@@ -36,13 +36,13 @@ def from_params(kind: str = "full-benchmark", dataset: str | None = None, root: 
                 methods: list[str] | None = None, pair: str | None = None, settings: list[str] | None = None,
                 m1m2: list[Any] | None = None, taus: list[float] | None = None,
                 overrides: dict[str, Any] | None = None, config: str | None = None,
-                workdir: str | None = None, **_: Any) -> FlowRequest:
+                workdir: str | None = None, allow_incomplete: bool = False, **_: Any) -> FlowRequest:
     """Base config and sweep of one flow run; relative paths in arguments resolve against ``workdir`` (default:
     the project folder), those in the ``config`` file against the file's folder."""
     wd = Path(workdir or PROJECT_ROOT).expanduser().absolute()
     cfg = resolve_config(config if config is None else str(_under(config, wd)), preset=preset, dataset=dataset,
-                         root=root, backbone=backbone, weights=weights, epochs=epochs, overrides=overrides,
-                         workdir=wd)
+                         root=root, backbone=backbone, weights=weights, epochs=epochs,
+                         allow_incomplete=allow_incomplete or None, overrides=overrides, workdir=wd)
     sweep = Sweep.parse(kind, seeds=seeds, methods=methods, pairs=pairs or ([pair] if pair else None),
                         settings=settings, m1m2=m1m2, taus=taus)
     return FlowRequest(cfg, sweep, wd)

@@ -45,15 +45,14 @@ done
 .venv/bin/python - "$WORKDIR/runs/demo" <<'PY'
 import json, sys
 from pathlib import Path
-from dapl.benchmark import diverged_warning
 d = Path(sys.argv[1])
 for kind in ("full-benchmark", "ablations"):
     r = json.loads((d / f"{kind}.json").read_text())
     print(f"\n## {kind} (toy world; target accuracy %, last epoch; {r['runs']} runs, {r['cached']} from cache)\n")
     print(r["table"])
     print("\nrecipe: " + ", ".join(f"{k}={v}" for k, v in r["recipe"].items()))
-    if r.get("diverged"):
-        print("\n" + diverged_warning(r["diverged"]))
+    for line in r.get("warnings", []):
+        print("\n" + line)
     print(f"\ntables/plots: {r['runs_dir']}   MLflow parent run: {r['parent_run_id']}")
 print(f"\nMLflow store: {r['tracking_uri']}")
 PY

@@ -100,6 +100,33 @@ def load_manifest(path: str | Path, sha: str):
         return _manifest(str(path), sha)
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """What the CLI reports as one line with exit 2: errors whose message says what to change."""
+    from dapl.errors import UserError
+
+    return isinstance(exc, UserError | FileNotFoundError | ValueError)
+
+
+def refuse_user_errors(fn: Callable) -> Callable:
+    """Under ``@task``: a user error ends the task Failed with its one-line message (logged once, no traceback);
+    bugs keep theirs. Failed states are never cached, so the fixed input runs again."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if not is_user_error(e):
+                raise
+            from prefect.logging import get_run_logger
+            from prefect.states import Failed
+
+            get_run_logger().error("%s", e)
+            return Failed(message=str(e), data=e)
+
+    return wrapper
+
+
 def run_context() -> dict[str, str]:
     """Prefect flow/task run ids (empty strings outside a run): recorded so a result says where it was made."""
     try:

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.common import cache_key, file_sha256, run_context, stable_hash
+from tasks.common import cache_key, file_sha256, refuse_user_errors, run_context, stable_hash
 
 
 def tree_fingerprint(root: str | Path) -> str:
@@ -35,7 +35,8 @@ def _fetch_key(context: Any, p: dict[str, Any]) -> str | None:
     if tree in ("missing", "empty"):
         return None
     return cache_key("fetch", None, (), dataset=p["dataset"], root=str(Path(p["root"]).absolute()),
-                     sources=list(p.get("sources") or []), toy=p.get("toy"), tree=tree)
+                     sources=list(p.get("sources") or []), toy=p.get("toy"), tree=tree,
+                     check_counts=p.get("check_counts", True))
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -55,8 +56,11 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="fetch", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient, cache_key_fn=_fetch_key,
       persist_result=True)
-def fetch(dataset: str, root: str, sources: list[str] | None = None, toy: dict | None = None) -> dict:
-    """Put ``dataset`` under ``root`` (the toy world is generated: ``toy`` = {seed, images_per_class, size})."""
+@refuse_user_errors
+def fetch(dataset: str, root: str, sources: list[str] | None = None, toy: dict | None = None,
+          check_counts: bool = True) -> dict:
+    """Put ``dataset`` under ``root`` (the toy world is generated: ``toy`` = {seed, images_per_class, size});
+    ``check_counts=False`` accepts a deliberate subset (``data.allow_incomplete``)."""
     from dapl.datasets.fetch import fetch_dataset, generate_toy
     from dapl.datasets.registry import get_spec
 
@@ -66,22 +70,23 @@ def fetch(dataset: str, root: str, sources: list[str] | None = None, toy: dict |
         seed = int(toy.pop("seed", 0))
         generate_toy(root, seed=seed, **toy)
     else:
-        fetch_dataset(dataset, root, sources=sources or (), progress=False)
+        fetch_dataset(dataset, root, sources=sources or (), progress=False, check_counts=check_counts)
     log.info("%s is in place at %s", dataset, root)
     return {"dataset": dataset, "root": str(root), "tree": tree_fingerprint(root), **run_context()}
 
 
 def _index_key(context: Any, p: dict[str, Any]) -> str:
     return cache_key("index", None, (), dataset=p["dataset"], root=str(Path(p["root"]).absolute()),
-                     out=str(p["out"]), tree=tree_fingerprint(p["root"]))
+                     out=str(p["out"]), tree=tree_fingerprint(p["root"]), check_counts=p.get("check_counts", True))
 
 
 @task(name="index", cache_key_fn=_index_key, persist_result=True)
-def index(dataset: str, root: str, out: str) -> dict:
+@refuse_user_errors
+def index(dataset: str, root: str, out: str, check_counts: bool = True) -> dict:
     """Verify every image and write the polars manifest; its sha256 is the data version downstream."""
     from dapl.datasets.index import index_dataset
 
-    m = index_dataset(dataset, root, progress=False)
+    m = index_dataset(dataset, root, progress=False, check_counts=check_counts)
     m.save(out)
     get_run_logger().info("manifest %s: %d usable images, %d excluded", out, m.n_ok, len(m.df) - m.n_ok)
     return {"manifest": str(out), "sha256": file_sha256(out), "domains": list(m.domains),

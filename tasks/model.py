@@ -6,7 +6,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from dapl.config import DaplConfig
-from tasks.common import clip_bundle, key_fn, load_manifest, run_context
+from tasks.common import clip_bundle, key_fn, load_manifest, refuse_user_errors, run_context
 
 FEATURE_SECTIONS = ("model", "features", "data")
 ZERO_SHOT_SECTIONS = ("model", "features", "data", "pseudo")
@@ -14,6 +14,7 @@ ZERO_SHOT_SECTIONS = ("model", "features", "data", "pseudo")
 
 @task(name="extract-features", cache_key_fn=key_fn(FEATURE_SECTIONS, ("manifest_sha", "weights_sha")),
       persist_result=True)
+@refuse_user_errors
 def extract_features(cfg: dict, manifest: str, manifest_sha: str, weights_sha: str) -> dict:
     """Test view + V augmented train views of ``cfg.data.source`` and ``cfg.data.target`` into the cache."""
     from dapl.run import build_task
@@ -28,6 +29,7 @@ def extract_features(cfg: dict, manifest: str, manifest_sha: str, weights_sha: s
 
 @task(name="zero-shot", cache_key_fn=key_fn(ZERO_SHOT_SECTIONS, ("manifest_sha", "weights_sha")),
       persist_result=True)
+@refuse_user_errors
 def zero_shot(cfg: dict, manifest: str, manifest_sha: str, weights_sha: str) -> dict:
     """Zero-shot accuracy of the hand-written prompt and pseudo-label coverage/accuracy at τ for one pair."""
     from dapl.run import build_task

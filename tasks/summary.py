@@ -9,8 +9,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from dapl import plots
 from dapl.benchmark import write_tables
-from tasks import plots, tracking
+from tasks import tracking
 
 EXTRA_COLUMNS = ("run_id", "resumed_from_epoch", "flow_run_id")
 

@@ -15,11 +15,12 @@ import polars as pl
 from prefect import task
 from prefect.logging import get_run_logger
 
-from dapl.benchmark import run_one
+from dapl import plots
+from dapl.benchmark import FLAGS, run_one
 from dapl.config import DaplConfig
 from dapl.plan import Run, RunSpec
-from tasks import plots, tracking
-from tasks.common import clip_bundle, key_fn, load_manifest, run_context
+from tasks import tracking
+from tasks.common import clip_bundle, key_fn, load_manifest, refuse_user_errors, run_context
 
 ALL_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data", "output_dir")
 EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
@@ -46,6 +47,7 @@ def run_name(spec: RunSpec) -> str:
 
 @task(name="train-prompts", cache_key_fn=key_fn(ALL_SECTIONS, ("spec", "manifest_sha", "weights_sha")),
       persist_result=True)
+@refuse_user_errors
 def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weights_sha: str,
                   track: dict | None = None) -> dict:
     """Train (or evaluate, for the manual prompt) one planned run; returns its results-table row.
@@ -90,6 +92,9 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
     if row.get("diverged"):
         log.warning("%s: training diverged (its prompts score worse on the source than untrained ones; see "
                     "metrics.json 'diverged'); tagged dapl.diverged in MLflow", run_name(rs))
+    if row.get("no_pseudo_labels"):
+        log.warning("%s: no target image passes tau=%s, so it trained as source-only; tagged "
+                    "dapl.no_pseudo_labels in MLflow", run_name(rs), run_cfg.tau)
     if rl and rl.lost:
         log.warning("%s: trained; MLflow tracking lost (%s) - it is logged from %s later", run_name(rs),
                     rl.rec["lost"], run_cfg.output_dir)
@@ -109,9 +114,10 @@ def log_training_files(uri: str, run_id: str, out: Path, logged: set[int] | None
     tracking.log_artifacts(uri, run_id, [out / f for f in ("prompts.safetensors", "prompts.json",
                                                            "nearest_tokens.txt", "nearest_tokens.json")], "prompts")
     tracking.log_artifacts(uri, run_id, [out / "history.csv", out / "metrics.json"], "metrics")
-    summary = out / "metrics.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("diverged"):
-        tracking.set_tags(uri, run_id, {"dapl.diverged": "true"})
+    summary = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+    flags = {f"dapl.{flag}": "true" for flag in FLAGS if summary.get(flag)}
+    if flags:
+        tracking.set_tags(uri, run_id, flags)
 
 
 def final_metrics(summary: dict) -> dict:
@@ -126,7 +132,7 @@ def final_metrics(summary: dict) -> dict:
 def log_evaluation_files(uri: str, run_id: str, out: Path) -> None:
     tracking.log_metrics(uri, run_id, final_metrics(json.loads((out / "metrics.json").read_text())))
     tracking.log_artifacts(uri, run_id, [out / f for f in ("confusion.csv", "per_class.csv", "confusion.png",
-                                                           "per_class.png")], "evaluation")
+                                                           "per_class.png", "history.png")], "evaluation")
 
 
 def log_run_from_disk(uri: str, run_id: str, out: Path) -> None:
@@ -163,15 +169,11 @@ def _fmt(v: Any) -> str:
 
 @task(name="evaluate", cache_key_fn=key_fn((), ("row",)), persist_result=True)
 def evaluate(row: dict, track: dict | None = None) -> dict:
-    """Confusion matrix and per-class accuracy (PNG + CSV) and the final numbers, into the run's MLflow run."""
+    """Training curves, confusion matrix and per-class accuracy (PNG + CSV) and the final numbers, into the run's
+    MLflow run."""
     out = Path(row["output_dir"])
     summary = json.loads((out / "metrics.json").read_text())
-    title = f"{row['pair']} {row['method']} seed{row['seed']}"
-    pngs = []
-    if (out / "confusion.csv").is_file():
-        pngs.append(plots.confusion_png(out / "confusion.csv", out / "confusion.png", f"confusion: {title}"))
-    if (out / "per_class.csv").is_file():
-        pngs.append(plots.per_class_png(out / "per_class.csv", out / "per_class.png", f"per class: {title}"))
+    pngs = plots.run_pngs(out, f"{row['pair']} {row['method']} seed{row['seed']}")
     if track and row.get("run_id"):
         rl = tracking.RunLog.resume(out, row["run_id"], track["uri"])
         rl.call("log evaluation", log_evaluation_files, track["uri"], row["run_id"], out)

@@ -152,3 +152,23 @@ def test_unreachable_mlflow_fails_before_training(env):
         _run(env, "full-benchmark", pairs=["art->real"], tracking_uri="http://127.0.0.1:9")
     assert time.perf_counter() - t0 < 30
     assert not any((env["wd"] / "runs" / "benchmark").glob("*/art_real"))
+
+
+def test_dataset_error_fails_the_flow_with_one_line(env, capfd):
+    """A registry dataset that is not on disk: the flow run fails with the fetch's message, no traceback."""
+    from dapl.datasets.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="OfficeHomeDataset_10072016.zip") as e:
+        _run(env, "full-benchmark", dataset="office_home", root=str(env["wd"] / "no_office_home"),
+             backbone=None, weights=None, overrides=None)
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert str(e.value).splitlines()[0] in log
+    assert "Traceback" not in log and "NoneType: None" not in log
+
+
+def test_config_error_fails_the_flow_with_one_line(env, capfd):
+    with pytest.raises(ValueError, match="train.lrr"):
+        _run(env, "full-benchmark", pairs=["real->art"], overrides={**OVERRIDES, "train.lrr": 0.1})
+    out = capfd.readouterr()
+    assert "Traceback" not in out.out + out.err

@@ -1,5 +1,6 @@
-"""PNG figures for MLflow (matplotlib, Agg backend: no display needed): per run a confusion matrix and
-per-class accuracy; per flow run accuracy vs τ, the M1×M2 heatmap, prompt-setting bars and benchmark bars."""
+"""PNG figures (matplotlib, Agg backend: no display, no network): per run the training curves, a confusion matrix
+and per-class accuracy; per sweep accuracy vs τ, the M1×M2 heatmap, prompt-setting bars and benchmark bars.
+MLflow logs them, and the training curves are DVC's plot too (`dvc plots show` needs no script from the web)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,28 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def history_png(history_csv: Path, out: Path, title: str = "") -> Path:
+    """Per-epoch target accuracy, pseudo-label coverage/accuracy and the loss: how a run trained."""
+    df = pl.read_csv(history_csv)
+    ep = df["epoch"].to_numpy()
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.2))
+    for col, label in (("target_acc", "target accuracy"), ("pl_coverage", "pseudo-label coverage"),
+                       ("pl_accuracy", "pseudo-label accuracy")):
+        if col in df.columns and df[col].null_count() < len(df):
+            y = df[col].to_numpy().astype(float)
+            acc.plot(ep, y * 100 if col != "target_acc" else y, marker=".", label=label)
+    acc.set_xlabel("epoch")
+    acc.set_ylabel("%")
+    acc.legend(fontsize=8)
+    for col in ("loss", "loss_source", "loss_target"):
+        if col in df.columns and df[col].null_count() < len(df):
+            loss.plot(ep, df[col].to_numpy().astype(float), label=col)
+    loss.set_xlabel("epoch")
+    loss.legend(fontsize=8)
+    fig.suptitle(title or "training", fontsize=10)
+    return _save(fig, out)
 
 
 def confusion_png(confusion_csv: Path, out: Path, title: str = "") -> Path:
@@ -134,3 +157,11 @@ def benchmark_png(rows: pl.DataFrame, out: Path) -> Path | None:
     ax.legend(fontsize=7)
     ax.set_title("benchmark", fontsize=9)
     return _save(fig, out)
+
+
+def run_pngs(out: Path, title: str) -> list[Path]:
+    """The figures of one run folder (``history.png``, ``confusion.png``, ``per_class.png``), from its CSVs."""
+    makers = (("history", history_png, "training"), ("confusion", confusion_png, "confusion"),
+              ("per_class", per_class_png, "per class"))
+    return [make(out / f"{name}.csv", out / f"{name}.png", f"{what}: {title}")
+            for name, make, what in makers if (out / f"{name}.csv").is_file()]
