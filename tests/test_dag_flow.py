@@ -154,21 +154,33 @@ def test_unreachable_mlflow_fails_before_training(env):
     assert not any((env["wd"] / "runs" / "benchmark").glob("*/art_real"))
 
 
-def test_dataset_error_fails_the_flow_with_one_line(env, capfd):
-    """A registry dataset that is not on disk: the flow run fails with the fetch's message, no traceback."""
-    from dapl.datasets.errors import DatasetError
+def _failed_run_logs(state) -> list[str]:
+    """The messages a failed flow run left in its Prefect log (what a user reads in the UI or `prefect flow-run logs`)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
 
-    with pytest.raises(DatasetError, match="OfficeHomeDataset_10072016.zip") as e:
-        _run(env, "full-benchmark", dataset="office_home", root=str(env["wd"] / "no_office_home"),
-             backbone=None, weights=None, overrides=None)
-    out = capfd.readouterr()
-    log = out.out + out.err
-    assert str(e.value).splitlines()[0] in log
-    assert "Traceback" not in log and "NoneType: None" not in log
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    return [log.message for log in logs]
 
 
-def test_config_error_fails_the_flow_with_one_line(env, capfd):
-    with pytest.raises(ValueError, match="train.lrr"):
-        _run(env, "full-benchmark", pairs=["real->art"], overrides={**OVERRIDES, "train.lrr": 0.1})
-    out = capfd.readouterr()
-    assert "Traceback" not in out.out + out.err
+def test_dataset_error_fails_the_flow_with_one_line(env):
+    """A registry dataset that is not on disk: the run fails with the fetch's message in its state and log, no traceback."""
+    state = _run(env, "full-benchmark", dataset="office_home", root=str(env["wd"] / "no_office_home"),
+                 backbone=None, weights=None, overrides=None, return_state=True)
+    assert state.is_failed()
+    assert "OfficeHomeDataset_10072016.zip" in state.message
+    logs = _failed_run_logs(state)
+    assert any(state.message.splitlines()[0] in m for m in logs), logs
+    assert not any("Traceback" in m or "NoneType: None" in m for m in logs), logs
+
+
+def test_config_error_fails_the_flow_with_one_line(env):
+    state = _run(env, "full-benchmark", pairs=["real->art"], overrides={**OVERRIDES, "train.lrr": 0.1},
+                 return_state=True)
+    assert state.is_failed() and "train.lrr" in state.message
+    logs = _failed_run_logs(state)
+    assert any("train.lrr" in m for m in logs), logs
+    assert not any("Traceback" in m for m in logs), logs
