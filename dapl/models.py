@@ -5,18 +5,24 @@ seconds with the exact place to put it.
 
 Weight files are read as users have them (:func:`read_checkpoint`): OpenAI TorchScript archives, state dicts
 in fp16 or fp32, nested under ``"state_dict"``, with ``module.`` prefixes, or safetensors. Rules:
-- **OpenAI weights** (a TorchScript archive, or OpenAI's ``input_resolution``/``context_length``/``vocab_size``
-  entries): the architecture is read from the shapes and always uses QuickGELU. A named config that uses GELU,
+- **OpenAI weights** (a TorchScript archive, OpenAI's ``input_resolution``/``context_length``/``vocab_size``
+  entries, or a state dict in OpenAI's key layout with exactly the fp16/fp32 mix OpenAI's ``convert_weights``
+  leaves): the architecture is read from the shapes and always uses QuickGELU. A named config that uses GELU,
   or whose shapes differ, is an error naming both (fix: the ``-quickgelu`` name): never a silent GELU load.
 - **Any other state dict** is an open_clip checkpoint of the named config: its shapes (and, when an open_clip
   ``open_clip_config.json`` sits beside it, its activation) must agree with the config, else an error naming
-  both. Its keys alone cannot tell OpenAI's plain state dict from a LAION one (same layout), so fp16-exact
-  weights under a GELU name that open_clip also lists OpenAI weights for get a warning naming the fix.
+  both. Its keys alone cannot tell an all-fp32 (or all-fp16) OpenAI state dict from a LAION one (same layout),
+  so fp16-exact weights under a GELU name that open_clip also lists OpenAI weights for get a warning.
+
+A file's cache identity is the digest of its weights' content as the loaded model holds them
+(:func:`weights_digest`) plus the model's config, so one set of weights in any accepted format shares one cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -36,7 +42,6 @@ from torchvision.transforms import functional as TF
 
 from dapl.config import FeatureConfig, ModelConfig
 from dapl.errors import UserError
-from dapl.paths import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 ASSET_DIR = Path(__file__).parent / "assets"
@@ -59,7 +64,7 @@ class ClipBundle:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    identity: str  # model name + weights identity: part of every feature-cache key
+    identity: str  # what the model computes (config + weights content, or name + tag): part of every cache key
     device: torch.device
     amp: bool
 
@@ -168,7 +173,7 @@ def _model_name(name: str) -> str:
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # only OpenAI's files carry these
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A weights file does not fit the model named in the config (architecture or activation)."""
 
 
@@ -177,8 +182,8 @@ class Checkpoint:
     """A weights file read into one normalised state dict, with what the file says about its origin."""
 
     state_dict: dict[str, torch.Tensor]
-    kind: str  # "TorchScript archive", "state dict"
-    openai: bool  # certainly OpenAI's format: a TorchScript archive or OpenAI's extra entries
+    kind: str  # "TorchScript archive", "state dict", or OPENAI_CONVERTED
+    openai: bool  # certainly OpenAI's: a TorchScript archive, OpenAI's extra entries, or convert_weights' mix
     sidecar: dict | None  # open_clip's ``open_clip_config.json`` beside the file (Hugging Face layout), if any
 
 
@@ -222,6 +227,8 @@ def read_checkpoint(path: str) -> Checkpoint:
             sd.pop(k)
             openai = True
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and not k.endswith("attn_mask")}
+    if not openai and openai_converted(sd):
+        kind, openai = OPENAI_CONVERTED, True
     sidecar = None
     side = Path(path).parent / "open_clip_config.json"
     if side.is_file():
@@ -230,6 +237,45 @@ def read_checkpoint(path: str) -> Checkpoint:
         except (json.JSONDecodeError, AttributeError):
             sidecar = None
     return Checkpoint(sd, kind, openai, sidecar)
+
+
+OPENAI_CONVERTED = "state dict with OpenAI's fp16/fp32 mix"
+
+
+def _fp16_by_convert_weights(model: nn.Module) -> set[str]:
+    """The state-dict keys OpenAI's ``convert_weights`` turns fp16: Conv1d/Conv2d/Linear weight and bias,
+    MultiheadAttention's input projections and biases, and parameters named ``text_projection`` or ``proj``."""
+    out: set[str] = set()
+    mha = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "bias_k", "bias_v")
+    for prefix, m in model.named_modules():
+        names: tuple[str, ...] = ()
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Linear):
+            names = ("weight", "bias")
+        elif isinstance(m, nn.MultiheadAttention):
+            names = mha
+        names += ("text_projection", "proj")
+        out.update(f"{prefix}.{n}".lstrip(".") for n in names if isinstance(getattr(m, n, None), nn.Parameter))
+    return out
+
+
+def openai_converted(sd: dict[str, torch.Tensor]) -> bool:
+    """Whether ``sd`` is an OpenAI CLIP exactly as ``clip.model.convert_weights`` leaves it (what OpenAI's
+    ``build_model`` returns): OpenAI's key layout and shapes, fp16 exactly where that function converts, fp32
+    elsewhere. open_clip's GELU checkpoints share the keys but are saved in one precision."""
+    try:
+        with torch.device("meta"):  # shapes and module types only: no memory, no initialisation cost
+            model = open_clip.CLIP(**openai_architecture(sd))
+    except (KeyError, IndexError, ValueError, TypeError, RuntimeError):
+        return False
+    own = model.state_dict()
+    own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
+    if own_keys != {k for k in sd if not k.endswith("num_batches_tracked")}:
+        return False
+    if any(sd[k].shape != own[k].shape for k in own_keys):
+        return False
+    half = _fp16_by_convert_weights(model)
+    want = {k: torch.float16 if k in half else torch.float32 for k in own_keys if own[k].is_floating_point()}
+    return all(sd[k].dtype == dtype for k, dtype in want.items())
 
 
 def _blocks(sd: dict, prefix: str) -> int:
@@ -281,7 +327,7 @@ def _arch_diff(a: dict, b: dict) -> list[str]:
 
 def _quickgelu_name(name: str) -> str:
     cand = f"{name}-quickgelu"
-    return f"model.name={cand!r}" if cand in open_clip.list_models() else "a config with \"quick_gelu\": true"
+    return f"--set model.name={cand}" if cand in open_clip.list_models() else "a config with \"quick_gelu\": true"
 
 
 def _fp16_exact(sd: dict[str, torch.Tensor]) -> bool:
@@ -314,8 +360,8 @@ def _build_openai(ck: Checkpoint, path: str, name: str, named: dict | None) -> n
     if named is not None:
         if not named.get("quick_gelu", False):
             raise CheckpointMismatchError(
-                f"{path} holds OpenAI weights ({ck.kind}), which were trained with QuickGELU, but "
-                f"model.name={name!r} uses GELU: its logits would differ. Use {_quickgelu_name(name)}.")
+                f"{path} is OpenAI's CLIP layout ({ck.kind}), which uses QuickGELU, but model.name={name!r} uses "
+                f"GELU (its features would be wrong): use {_quickgelu_name(name)}")
         diff = _arch_diff(arch, named)
         if diff:
             raise CheckpointMismatchError(
@@ -381,8 +427,45 @@ def _openai_names() -> set[str]:
     return {m for m, tag in open_clip.list_pretrained() if tag == "openai"}
 
 
-def _file_identity(path: str) -> str:
-    return file_sha256(path)[:16]
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (absolute path, size, mtime_ns) -> weights_digest
+
+
+def state_dict_digest(sd: dict[str, torch.Tensor]) -> str:
+    """sha256 of weights as a loaded (fp32) model holds them: sorted keys, dtype, shape and bytes, floats widened
+    to fp32, so one set of weights hashes alike in every file format. BatchNorm's step counters are left out."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        if k.endswith("num_batches_tracked"):
+            continue
+        v = sd[k].detach().cpu()
+        v = (v.float() if v.is_floating_point() else v).contiguous().reshape(-1)
+        h.update(json.dumps([k, str(v.dtype), list(sd[k].shape)]).encode())
+        h.update(v.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _stamp(path: str) -> tuple[str, int, int]:
+    """What the digest memo is keyed by (taken before reading, so a rewrite during the read gets a new stamp)."""
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+def weights_digest(path: str, sd: dict[str, torch.Tensor] | None = None,
+                   stamp: tuple[str, int, int] | None = None) -> str:
+    """The content digest of a weights file (:func:`state_dict_digest` of what :func:`read_checkpoint` reads),
+    computed once per process and file version; ``sd``/``stamp``: the file already read, and its stamp then."""
+    stamp = stamp or _stamp(path)
+    if stamp not in _DIGESTS:
+        _DIGESTS[stamp] = state_dict_digest(read_checkpoint(path).state_dict if sd is None else sd)
+    return _DIGESTS[stamp]
+
+
+def config_digest(cfg: dict) -> str:
+    """A digest of what an open_clip config builds, defaults filled in, so two spellings of one model agree."""
+    vision = {**dataclasses.asdict(open_clip.model.CLIPVisionCfg()), **cfg.get("vision_cfg", {})}
+    text = {**dataclasses.asdict(open_clip.model.CLIPTextCfg()), **cfg.get("text_cfg", {})}
+    full = {"quick_gelu": False, **cfg, "vision_cfg": vision, "text_cfg": text}
+    return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -400,16 +483,18 @@ def load_clip(cfg: ModelConfig) -> ClipBundle:
     weights = resolve_weights(cfg)
     named = open_clip.get_model_config(name) if name in open_clip.list_models() else None
     if weights is not None and Path(weights).is_file():
+        stamp = _stamp(weights)
         ck = read_checkpoint(weights)
         if ck.openai:
             model = _build_openai(ck, weights, name, named)
-            identity = f"openai-file:{_file_identity(weights)}"
+            built = openai_architecture(ck.state_dict)
         elif named is None:
             raise ValueError(f"model.name={cfg.name!r} is not an open_clip model or a config in {CONFIG_DIR}; "
                              f"name the config of {weights}")
         else:
-            model = _build_open_clip(ck, weights, name, named)
-            identity = f"{name}:file:{_file_identity(weights)}"
+            model, built = _build_open_clip(ck, weights, name, named), named
+        # content, not file bytes: a TorchScript archive and a state dict of the same weights share one cache
+        identity = f"file:{weights_digest(weights, ck.state_dict, stamp)[:16]}:config:{config_digest(built)[:12]}"
     else:
         if named is None:
             raise ValueError(f"model.name={cfg.name!r} is not an open_clip model or a config in {CONFIG_DIR}")

@@ -38,9 +38,16 @@ def _refused(state):
 
 
 def _weights_identity(cfg) -> str:
+    """The weights' content digest (the library's, so any file format of the same weights is one identity);
+    an unreadable file falls back to its bytes' hash and is reported by the task that loads it."""
     pre = cfg.model.pretrained
     if pre and Path(pre).is_file():
-        return file_sha256(pre)
+        from dapl.models import weights_digest  # torch and open_clip only once the flow runs
+
+        try:
+            return weights_digest(pre)
+        except (ValueError, RuntimeError):
+            return file_sha256(pre)
     return str(pre)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import open_clip
@@ -10,7 +11,16 @@ import pytest
 import torch
 
 from dapl.config import ModelConfig
-from dapl.models import CheckpointMismatchError, WeightsNotFoundError, load_clip
+from dapl.errors import UserError
+from dapl.models import (
+    CheckpointMismatchError,
+    WeightsNotFoundError,
+    load_clip,
+    openai_converted,
+    read_checkpoint,
+    state_dict_digest,
+    weights_digest,
+)
 from tests.tolerances import assert_close
 
 # OpenAI's convention: 64-wide heads in both towers (what build_model_from_openai_state_dict infers)
@@ -61,6 +71,13 @@ def _save_openai(model: torch.nn.Module, path, fmt: str) -> None:
             m.register_buffer(k, torch.tensor(v))
         torch.jit.script(m.half()).save(str(path))
         return
+    if fmt == "converted":  # clip.load(..., jit=False): left by convert_weights in OpenAI's fp16/fp32 mix
+        import copy
+
+        m = copy.deepcopy(model)
+        open_clip.model.convert_weights_to_lp(m, torch.float16)
+        torch.save(m.state_dict(), path)
+        return
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     if "fp16" in fmt:  # clip.load(..., jit=False) on a GPU, then state_dict()
         sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
@@ -71,7 +88,7 @@ def _save_openai(model: torch.nn.Module, path, fmt: str) -> None:
     torch.save(sd, path)
 
 
-OPENAI_FORMATS = ["torchscript", "fp32", "fp16", "fp32-resolution", "fp16-resolution", "fp16-module",
+OPENAI_FORMATS = ["torchscript", "converted", "fp32", "fp16", "fp32-resolution", "fp16-resolution", "fp16-module",
                   "fp32-module-resolution"]
 
 
@@ -84,7 +101,7 @@ def test_openai_files_load_to_the_reference_logits(tmp_path, arch, fmt):
     f = tmp_path / "tiny-openai.pt"
     _save_openai(ref, f, fmt)
     bundle = load_clip(ModelConfig(name=str(cfg_path), pretrained=str(f), device="cpu"))
-    assert bundle.identity.startswith("openai-file:" if fmt == "torchscript" or "resolution" in fmt else "openai-tiny")
+    assert bundle.identity.startswith("file:")
     assert not bundle.model.training and not any(p.requires_grad for p in bundle.model.parameters())
     assert all(not m.training for m in bundle.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert next(bundle.model.parameters()).dtype == torch.float32
@@ -92,15 +109,43 @@ def test_openai_files_load_to_the_reference_logits(tmp_path, arch, fmt):
     assert_close(_logits(bundle.model), _logits(ref))
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "fp16-resolution"])
+@pytest.mark.parametrize("arch", ["vit", "rn"])
+def test_every_format_of_the_same_weights_has_one_identity(tmp_path, arch):
+    """The cache identity is the weights' content (plus the model's config), never the file's bytes."""
+    cfg_path = tmp_path / f"openai-tiny-{arch}.json"
+    cfg_path.write_text(json.dumps(OPENAI_TINY[arch]))
+    ids, digests = set(), set()
+    for fmt in OPENAI_FORMATS:
+        f = tmp_path / f"{fmt}.pt"
+        _save_openai(_openai_clip(arch), f, fmt)
+        ids.add(load_clip(ModelConfig(name=str(cfg_path), pretrained=str(f), device="cpu")).identity)
+        digests.add(weights_digest(str(f)))
+    assert len(ids) == 1 and len(digests) == 1
+    other = tmp_path / "other.pt"
+    _save_openai(_openai_clip(arch, seed=1), other, "converted")
+    first = weights_digest(str(other))
+    assert first not in digests
+    before = other.stat()  # rewritten in place: the per-process memo (path, size, mtime) sees the new version
+    _save_openai(_openai_clip(arch, seed=2), other, "converted")
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))  # a later write, whatever the clock
+    assert weights_digest(str(other)) != first
+    assert weights_digest(str(other)) == state_dict_digest(read_checkpoint(str(other)).state_dict)
+    gelu = tmp_path / f"gelu-{arch}.json"  # the same weights in another model compute other features
+    gelu.write_text(json.dumps({k: v for k, v in OPENAI_TINY[arch].items() if k != "quick_gelu"}))
+    plain = tmp_path / "fp32.pt"  # one precision throughout: may be an open_clip GELU checkpoint, so loadable
+    assert load_clip(ModelConfig(name=str(gelu), pretrained=str(plain), device="cpu")).identity not in ids
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "converted", "fp16-resolution"])
 def test_openai_weights_under_a_gelu_config_are_refused(tmp_path, fmt):
     gelu = {k: v for k, v in OPENAI_TINY["vit"].items() if k != "quick_gelu"}
     cfg_path = tmp_path / "gelu-tiny.json"
     cfg_path.write_text(json.dumps(gelu))
     f = tmp_path / "openai.pt"
     _save_openai(_openai_clip("vit"), f, fmt)
-    with pytest.raises(CheckpointMismatchError, match="QuickGELU.*GELU"):
+    with pytest.raises(CheckpointMismatchError, match="OpenAI's CLIP layout.*QuickGELU.*GELU.*quick_gelu") as e:
         load_clip(ModelConfig(name=str(cfg_path), pretrained=str(f), device="cpu"))
+    assert isinstance(e.value, UserError) and "\n" not in str(e.value) and str(f) in str(e.value)
     # the two activations really give different logits: loading silently with GELU would be wrong
     gelu_model = open_clip.CLIP(**gelu).eval()
     gelu_model.load_state_dict(_openai_clip("vit").state_dict())
@@ -139,7 +184,7 @@ def test_open_clip_format_file(tmp_path, tiny_config_dir, caplog):
     with caplog.at_level("WARNING"):
         bundle = load_clip(ModelConfig(name=cfg, pretrained=str(f), device="cpu"))
     assert "initialized randomly" not in caplog.text  # open_clip's notice is false here: the file is loaded next
-    assert bundle.identity.startswith("tiny-vit:file:")
+    assert bundle.identity.startswith("file:")
     w = m.state_dict()["token_embedding.weight"].half().float()
     assert torch.equal(bundle.model.token_embedding.weight, w)
 
@@ -167,4 +212,23 @@ def test_weights_dir_is_searched(tmp_path, tiny_config_dir):
     open_clip.add_model_config(tiny_config_dir)
     torch.save(m.state_dict(), tmp_path / f"{name}_mytag.pt")
     bundle = load_clip(ModelConfig(name=name, pretrained="mytag", weights_dir=tmp_path, device="cpu"))
-    assert bundle.identity.startswith("tiny-rn:file:")
+    assert bundle.identity.startswith("file:")
+
+
+@pytest.mark.parametrize("arch", ["vit", "rn"])
+def test_only_convert_weights_mix_in_openai_layout_reads_as_openai(arch):
+    """One precision throughout (how open_clip saves its GELU checkpoints) is not OpenAI's mark; the exact mix is,
+    and one tensor in the other precision, a missing or an extra key breaks it."""
+    import copy
+
+    m = copy.deepcopy(_openai_clip(arch))
+    open_clip.model.convert_weights_to_lp(m, torch.float16)
+    mixed = dict(m.state_dict())
+    assert openai_converted(mixed)
+    assert not openai_converted(_openai_clip(arch).state_dict())
+    assert not openai_converted({k: v.half() if v.is_floating_point() else v for k, v in mixed.items()})
+    assert not openai_converted({**mixed, "ln_final.weight": mixed["ln_final.weight"].half()})
+    assert not openai_converted({**mixed, "text_projection": mixed["text_projection"].float()})
+    assert not openai_converted({k: v for k, v in mixed.items() if k != "logit_scale"})
+    assert not openai_converted({**mixed, "logit_bias": torch.zeros(1)})
+    assert not openai_converted({"weight": torch.zeros(2)})
