@@ -17,7 +17,7 @@ from dapl.plan import Run
 ROW_AXES = ("axis", "setting", "m1", "m2", "tau")
 
 
-def run_one(run: Run, bundle=None, manifest=None, progress: bool = True,
+def run_one(run: Run, bundle=None, manifest=None, progress: str | bool = True,
             on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Run one planned run and return its table row (the last epoch's accuracy is the reported number).
 

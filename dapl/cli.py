@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     apply_env_defaults()
     args = build_parser().parse_args(argv)
+    from dapl.progress import console_logging
+
+    console_logging()  # progress and estimate lines on stderr, also without a terminal (nohup, sbatch, | tee)
     from dapl.errors import UserError
     from dapl.models import WeightsNotFoundError
 

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle, eval_transform, train_transform, transform_identity
+from dapl.progress import Progress
 
 # 4: train views drawn from private generators (a cache of format 3 made while other threads used torch's global RNG
 # can hold a view of a wrong crop); 3: fixed encoder batches, chunked views, encoder precision in the key
@@ -251,10 +251,12 @@ class ExtractStats:
 def encode_range(encoder: ImageEncoder, images: ImageSet, transform: Callable,
                  seed_fns: Sequence[Callable[[int], int] | None], start: int, stop: int, *, batch_size: int = 64,
                  num_workers: int = 2, encode_batch: int = ENCODE_BATCH, dtype: str = "float16",
-                 stats: ExtractStats | None = None) -> list[np.ndarray]:
+                 stats: ExtractStats | None = None, on_batch: Callable[[int], None] | None = None
+                 ) -> list[np.ndarray]:
     """Views ``seed_fns`` of images ``start..stop`` (``start`` a multiple of ``encode_batch``): one
     ``[stop - start, E]`` array per view. The loader's batches are re-cut into encoder batches aligned to
-    multiples of ``encode_batch`` of the whole set, so the numbers do not depend on the loader settings."""
+    multiples of ``encode_batch`` of the whole set, so the numbers do not depend on the loader settings.
+    ``on_batch(k)``: told after each encoder batch that ``k`` image views are done (progress)."""
     if start % encode_batch:
         raise ValueError(f"encode_range: start {start} is not a multiple of encode_batch {encode_batch}")
     stats = stats or ExtractStats()
@@ -290,6 +292,8 @@ def encode_range(encoder: ImageEncoder, images: ImageSet, transform: Callable,
                 outs[v][filled:filled + len(f)] = f
             stats.encode_s += time.perf_counter() - t0
             filled += len(take)
+            if on_batch is not None:
+                on_batch(len(take) * nv)
         if batch is None:
             break
     if filled != stop - start:
@@ -315,7 +319,7 @@ class FeatureCache:
 
     def __init__(self, cache_dir: str | Path, bundle: ClipBundle, batch_size: int = 64, num_workers: int = 2,
                  dtype: str = "float16", precision: str = "fp32", chunk_size: int = CHUNK_SIZE,
-                 encode_batch: int = ENCODE_BATCH, memmap: bool = False):
+                 encode_batch: int = ENCODE_BATCH, memmap: bool = False, progress: str | bool = "auto"):
         if chunk_size < 1 or encode_batch < 1:
             raise ValueError(f"FeatureCache: chunk_size {chunk_size} and encode_batch {encode_batch} must be >= 1")
         self.dir = Path(cache_dir)
@@ -328,16 +332,17 @@ class FeatureCache:
         # chunks start on encoder-batch boundaries, so the chunk size never changes the numbers
         self.chunk_size = -(-chunk_size // encode_batch) * encode_batch
         self.memmap = memmap
+        self.progress = progress  # a dapl.progress mode: bar on a terminal, paced log lines elsewhere
         self.stats = ExtractStats()
         self._encoder: ImageEncoder | None = None
 
     @classmethod
-    def from_config(cls, fc, bundle: ClipBundle) -> FeatureCache:
+    def from_config(cls, fc, bundle: ClipBundle, progress: str | bool = "auto") -> FeatureCache:
         """The cache a :class:`~dapl.config.FeatureConfig` describes (every stage must build it this way, so
-        that extraction, zero-shot and training agree on the key)."""
+        that extraction, zero-shot and training agree on the key); ``progress``: a :mod:`dapl.progress` mode."""
         return cls(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype,
                    precision=getattr(fc, "precision", "fp32"), chunk_size=getattr(fc, "chunk_size", CHUNK_SIZE),
-                   memmap=getattr(fc, "memmap", False))
+                   memmap=getattr(fc, "memmap", False), progress=progress)
 
     @property
     def encoder(self) -> ImageEncoder:
@@ -371,25 +376,39 @@ class FeatureCache:
         n, step = len(images), self.chunk_size
         for s, _ in jobs:
             (folder / f"{s}.chunks").mkdir(exist_ok=True)
-        for start in tqdm(range(0, n, step), desc=desc, unit="chunk", disable=None, leave=False):
-            stop = min(n, start + step)
-            name = _chunk_name(start, stop)
-            # a view joined meanwhile by a concurrent extraction of the same key is done
-            todo = [(s, sf) for s, sf in jobs
-                    if not (folder / f"{s}.npy").exists() and not (folder / f"{s}.chunks" / name).exists()]
-            if not todo:
-                continue
-            arrays = encode_range(self.encoder, images, transform, [sf for _, sf in todo], start, stop,
-                                  batch_size=self.batch_size, num_workers=self.num_workers,
-                                  encode_batch=self.encode_batch, dtype=self.dtype, stats=self.stats)
-            t0 = time.perf_counter()
-            for (s, _), arr in zip(todo, arrays, strict=True):
-                (folder / f"{s}.chunks").mkdir(exist_ok=True)
-                _save_atomic(folder / f"{s}.chunks" / name, arr)
-            self.stats.write_s += time.perf_counter() - t0
-            self.stats.chunks += len(todo)
+        with self._progress(folder, n, [s for s, _ in jobs], desc) as bar:
+            for start in range(0, n, step):
+                stop = min(n, start + step)
+                name = _chunk_name(start, stop)
+                # a view joined meanwhile by a concurrent extraction of the same key is done
+                todo = [(s, sf) for s, sf in jobs
+                        if not (folder / f"{s}.npy").exists() and not (folder / f"{s}.chunks" / name).exists()]
+                if not todo:
+                    continue
+                arrays = encode_range(self.encoder, images, transform, [sf for _, sf in todo], start, stop,
+                                      batch_size=self.batch_size, num_workers=self.num_workers,
+                                      encode_batch=self.encode_batch, dtype=self.dtype, stats=self.stats,
+                                      on_batch=bar.update)
+                t0 = time.perf_counter()
+                for (s, _), arr in zip(todo, arrays, strict=True):
+                    (folder / f"{s}.chunks").mkdir(exist_ok=True)
+                    _save_atomic(folder / f"{s}.chunks" / name, arr)
+                self.stats.write_s += time.perf_counter() - t0
+                self.stats.chunks += len(todo)
         for s, _ in jobs:
             self._join(folder, s, n)
+
+    def _progress(self, folder: Path, n: int, stems: list[str], desc: str) -> Progress:
+        """Progress over the image views still to encode (chunks already on disk are not work ahead)."""
+        work = 0
+        for start in range(0, n, self.chunk_size):
+            name = _chunk_name(start, min(n, start + self.chunk_size))
+            work += (min(n, start + self.chunk_size) - start) * sum(
+                not (folder / f"{s}.chunks" / name).exists() for s in stems)
+        views = len(stems)
+        ahead = (f"{work // views:,} images × {views} view{'s' if views > 1 else ''}" if work % views == 0
+                 else f"{work:,} image views")
+        return Progress(work, f"extract {desc}", "img", mode=self.progress, ahead=ahead, leave=False)
 
     def _join(self, folder: Path, stem: str, n: int) -> None:
         """``<stem>.chunks/*`` -> ``<stem>.npy`` (atomic, streamed through a memory map: no second copy in RAM)."""

@@ -26,6 +26,10 @@ ENV_DEFAULTS: dict[str, str] = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # dapl's own log lines (progress among them) reach a flow run's log; dapl also logs outside flow runs
+    # (the CLI, a test), where Prefect's API handler would otherwise warn once per line
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "dapl",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }  # scripts/env.sh also sets HF_HUB_OFFLINE=1 (no download intended there); tests check the two agree
 
 

@@ -58,12 +58,14 @@ def build_task(cfg: DaplConfig, manifest=None) -> AdaptationTask:
     return AdaptationTask(list(m.classes), order, source, target, m.metric, target_test)
 
 
-def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
-    """Encode (or find in the cache) the test view and V train views of every source and target image."""
+def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None,
+                     progress: str | bool = "auto") -> dict:
+    """Encode (or find in the cache) the test view and V train views of every source and target image
+    (``progress``: a :mod:`dapl.progress` mode)."""
     task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
     fc = cfg.features
-    cache = FeatureCache.from_config(fc, bundle)
+    cache = FeatureCache.from_config(fc, bundle, progress=progress)
     out = {}
     for name, images in (("source", task.source), ("target", task.target), ("target_test", task.target_test)):
         if images is None:
@@ -77,12 +79,14 @@ def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Ad
             "encoder": cache.encoder.recipe, "extraction": cache.stats.to_dict()}
 
 
-def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None) -> dict:
-    """Zero-shot accuracy with the hand-written template and pseudo-label coverage/accuracy at τ."""
+def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None,
+              progress: str | bool = "auto") -> dict:
+    """Zero-shot accuracy with the hand-written template and pseudo-label coverage/accuracy at τ (the test view
+    is encoded, with ``progress``, when the cache lacks it)."""
     task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
     fc = cfg.features
-    cache = FeatureCache.from_config(fc, bundle)
+    cache = FeatureCache.from_config(fc, bundle, progress=progress)
     text = zero_shot_text(bundle, task.classnames, cfg.pseudo.template)
     feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
     pl_ = pseudo_label(feats, text, bundle.logit_scale, cfg.tau)
@@ -96,7 +100,7 @@ def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Adaptatio
 
 
 def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundle: ClipBundle | None = None,
-          task: AdaptationTask | None = None, progress: bool = True, resume: bool = True) -> dict:
+          task: AdaptationTask | None = None, progress: str | bool = True, resume: bool = True) -> dict:
     """Train prompts for ``cfg.data``'s task and write every artifact to ``cfg.output_dir``.
 
     Writes ``prompts.safetensors`` + ``prompts.json``, ``metrics.json`` (last epoch, label-free selection,

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
-from tqdm.auto import tqdm
 
 from dapl.config import DaplConfig
 from dapl.datasets.loader import load_rgb, seeded
@@ -32,6 +31,7 @@ from dapl.imageset import ImageSet
 from dapl.losses import clip_logits, dapl_loss
 from dapl.metrics import Metrics, classification_metrics
 from dapl.models import ClipBundle, train_transform
+from dapl.progress import Progress
 from dapl.prompts import PromptLearner
 from dapl.pseudo_labels import pseudo_label, zero_shot_text
 
@@ -256,15 +256,15 @@ class Trainer:
     """``run`` = ``setup``, then ``epoch`` for each epoch (``TrainStep`` per iteration), then ``finish``."""
 
     def __init__(self, cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask,
-                 on_epoch: Callable[[dict], None] | None = None, progress: bool = True):
+                 on_epoch: Callable[[dict], None] | None = None, progress: str | bool = True):
         self.cfg, self.bundle, self.task = cfg, bundle, task
         self.on_epoch = on_epoch
-        self.progress = progress
+        self.progress = progress  # a dapl.progress mode (True: auto, False: off)
         self.dev = bundle.device
         self.scale = bundle.logit_scale.to(self.dev)
         self.out = Path(cfg.output_dir)
         fc = cfg.features
-        self.cache = FeatureCache.from_config(fc, bundle)
+        self.cache = FeatureCache.from_config(fc, bundle, progress=progress)
 
     # features -------------------------------------------------------------------------------------------
     def _sources(self) -> tuple[Callable, Callable, torch.Tensor, torch.Tensor]:
@@ -292,12 +292,16 @@ class Trainer:
     def run(self, resume: bool = True) -> TrainResult:
         st = self.setup(resume)
         if st.step is not None:
-            bar = tqdm(total=st.iters * self.cfg.train.epochs, initial=st.start * st.iters, unit="it",
-                       desc=f"train {'+'.join(self.task.domains)}", disable=None if self.progress else True)
-            for epoch in range(st.start, self.cfg.train.epochs):
-                rec = self.epoch(st, epoch, on_step=lambda: bar.update(1))
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('target_acc', float('nan')):.1f}")
-            bar.close()
+            epochs = self.cfg.train.epochs
+            left = epochs - st.start
+            ahead = f"{left * st.iters:,} steps ({left} epoch{'s' if left != 1 else ''} × {st.iters:,})"
+            d = self.cfg.data
+            desc = f"train {'+'.join(d.source)}->{'+'.join(d.target)} seed {self.cfg.train.seed}"
+            with Progress(st.iters * epochs, desc, "it", initial=st.start * st.iters, mode=self.progress,
+                          ahead=ahead) as bar:
+                for epoch in range(st.start, epochs):
+                    rec = self.epoch(st, epoch, on_step=bar.update)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('target_acc', float('nan')):.1f}")
         return self.finish(st)
 
     def setup(self, resume: bool = True) -> TrainState:
@@ -511,6 +515,7 @@ class Trainer:
 
 
 def train(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask,
-          on_epoch: Callable[[dict], None] | None = None, resume: bool = True, progress: bool = True) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, resume: bool = True, progress: str | bool = True
+          ) -> TrainResult:
     """Train prompts for one adaptation task as ``cfg`` says (the one implementation every layer calls)."""
     return Trainer(cfg, bundle, task, on_epoch, progress).run(resume=resume)

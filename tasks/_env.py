@@ -1,5 +1,5 @@
-"""Safe defaults set before Prefect or MLflow is imported: project-local Prefect state, telemetry off; and
-refused inputs logged without an empty traceback.
+"""Safe defaults set before Prefect or MLflow is imported: project-local Prefect state, telemetry off, dapl's
+log lines in the flow run's log; and refused inputs logged without an empty traceback.
 
 The values live in :data:`dapl.paths.ENV_DEFAULTS` (scripts/env.sh sets the same); the environment wins.
 """
@@ -22,3 +22,7 @@ class _NoEmptyTraceback(logging.Filter):
 
 
 logging.getLogger("prefect.task_runs").addFilter(_NoEmptyTraceback())
+# dapl's INFO lines (progress of index, extraction, training) belong in a flow run's log: Prefect hands the
+# "dapl" logger its API handler (PREFECT_LOGGING_EXTRA_LOGGERS) but leaves its level at the root's WARNING
+if logging.getLogger("dapl").level == logging.NOTSET:
+    logging.getLogger("dapl").setLevel(logging.INFO)

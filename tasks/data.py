@@ -86,7 +86,7 @@ def index(dataset: str, root: str, out: str, check_counts: bool = True) -> dict:
     """Verify every image and write the polars manifest; its sha256 is the data version downstream."""
     from dapl.datasets.index import index_dataset
 
-    m = index_dataset(dataset, root, progress=False, check_counts=check_counts)
+    m = index_dataset(dataset, root, progress="log", check_counts=check_counts)
     m.save(out)
     get_run_logger().info("manifest %s: %d usable images, %d excluded", out, m.n_ok, len(m.df) - m.n_ok)
     return {"manifest": str(out), "sha256": file_sha256(out), "domains": list(m.domains),

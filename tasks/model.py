@@ -22,7 +22,7 @@ def extract_features(cfg: dict, manifest: str, manifest_sha: str, weights_sha: s
 
     c = DaplConfig.model_validate(cfg)
     task = build_task(c, load_manifest(manifest, manifest_sha))  # unusable data fails before weights load
-    out = _extract(c, bundle=clip_bundle(c), task=task)
+    out = _extract(c, bundle=clip_bundle(c), task=task, progress="log")
     get_run_logger().info("features of %s cached in %s", "+".join(c.data.domains), c.features.cache_dir)
     return {**out, "domains": c.data.domains, **run_context()}
 
@@ -37,7 +37,7 @@ def zero_shot(cfg: dict, manifest: str, manifest_sha: str, weights_sha: str) -> 
 
     c = DaplConfig.model_validate(cfg)
     task = build_task(c, load_manifest(manifest, manifest_sha))  # unusable data fails before weights load
-    res = _zero_shot(c, bundle=clip_bundle(c), task=task)
+    res = _zero_shot(c, bundle=clip_bundle(c), task=task, progress="log")
     pair = f"{'+'.join(c.data.source)}->{'+'.join(c.data.target)}"
     get_run_logger().info("%s zero-shot %.1f%%, pseudo-labels at tau=%.2f cover %.1f%% (%.1f%% correct)", pair,
                           res.get("target_acc", float("nan")), res["tau"], 100 * res["coverage"],

@@ -81,7 +81,7 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
 
     try:
         row = run_one(run, bundle=clip_bundle(run_cfg), manifest=load_manifest(manifest, manifest_sha),
-                      progress=False, on_epoch=on_epoch)
+                      progress="log", on_epoch=on_epoch)
         if rl:
             rl.call("log training files", log_training_files, uri, run_id, Path(run_cfg.output_dir), logged)
             rl.call("end run", tracking.end_run, uri, run_id, "FINISHED")

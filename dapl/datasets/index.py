@@ -24,7 +24,6 @@ from pathlib import Path
 
 import polars as pl
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from dapl.datasets.complete import check_counts as check_counts_on
 from dapl.datasets.complete import describe, shortfalls
@@ -33,6 +32,7 @@ from dapl.datasets.fetch import sha256_file, wrapper_folder, wrapper_message
 from dapl.datasets.manifest import MANIFEST_SCHEMA, Manifest
 from dapl.datasets.problems import note as _note
 from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec, ignored_name
+from dapl.progress import track
 
 
 @dataclass
@@ -247,7 +247,7 @@ def default_workers() -> int:
 
 
 def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | None = None, decode: bool = True,
-                  progress: bool = True, check_counts: bool = True) -> Manifest:
+                  progress: str | bool = True, check_counts: bool = True) -> Manifest:
     """Index and validate dataset ``name`` under ``root`` (see the module docstring); never drops a file.
 
     Raises :class:`~dapl.datasets.errors.IncompleteDatasetError` when a domain has fewer images than the
@@ -290,8 +290,8 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # recorded as a problem instead
         with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
             it = pool.map(lambda i: verify_image(root / items[i].path, decode=decode), todo)
-            for i, res in zip(todo, tqdm(it, total=len(todo), desc=f"verify {spec.name}", unit="img",
-                                         disable=not progress), strict=True):
+            for i, res in zip(todo, track(it, f"verify {spec.name}", "img", total=len(todo), mode=progress),
+                              strict=True):
                 results[i] = res
     rows = []
     for i, item in enumerate(items):
