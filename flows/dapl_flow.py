@@ -51,6 +51,14 @@ def _weights_identity(cfg) -> str:
     return str(pre)
 
 
+def _first_cause(futures) -> str:
+    """The first failed task's own message (not its dependants' NotReady), so the flow's last line says why."""
+    for f in futures:
+        if f.state.is_failed() or f.state.is_crashed():
+            return f"; first cause: {f.state.message}"
+    return ""
+
+
 def _finished(run) -> bool:
     """A cached training counts only while its outputs exist: a deleted runs folder is trained again (resuming
     from any checkpoint that is left)."""
@@ -193,7 +201,7 @@ def dapl(
             r["cached"] = r.get("flow_run_id") != this_run
         zres = [z.result() for z in zs.values() if z.state.is_completed()]
         if not rows:
-            raise RunsFailed(f"every run failed: {failed}")
+            raise RunsFailed(f"every run failed: {failed}{_first_cause([*feats, *zs.values(), *trains, *evals])}")
         # runs whose MLflow tracking was lost mid-flow (this run's or an earlier one's): logged again from disk
         replayed, untracked = complete_tracking([r.config.output_dir for r in runs], track)
         for r in rows:
@@ -205,7 +213,8 @@ def dapl(
         tracking.best_effort("parent tags", tracking.set_tags, uri, parent, {
             "runs_failed": len(failed), "orphans_marked_failed": len(swept), "runs_untracked": len(untracked)})
         if failed:
-            raise RunsFailed(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
+            raise RunsFailed(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}"
+                             f"{_first_cause([*feats, *zs.values(), *trains, *evals])}")
         if untracked:
             raise RunsFailed(
                 f"MLflow tracking is missing for {len(untracked)} of {len(runs)} runs; they are trained and their "

@@ -85,3 +85,110 @@ def build_openai_files(folder: Path, arch: str = "RN50", seed: int = 0) -> tuple
         (folder / fmt).mkdir(parents=True, exist_ok=True)
         files[fmt] = save_openai(model, folder / fmt / f"{arch}.pt", fmt)
     return model, files
+
+
+# --- Datasets: the released archives' names and layouts, a few odd images each --------------------------------------
+
+# Office-Home's 65 class folders as the release spells them (written out here, not read from dapl's registry, so a
+# registry typo is caught rather than mirrored).
+OFFICE_HOME_CLASS_FOLDERS = (
+    "Alarm_Clock", "Backpack", "Batteries", "Bed", "Bike", "Bottle", "Bucket", "Calculator", "Calendar", "Candles",
+    "Chair", "Clipboards", "Computer", "Couch", "Curtains", "Desk_Lamp", "Drill", "Eraser", "Exit_Sign", "Fan",
+    "File_Cabinet", "Flipflops", "Flowers", "Folder", "Fork", "Glasses", "Hammer", "Helmet", "Kettle", "Keyboard",
+    "Knives", "Lamp_Shade", "Laptop", "Marker", "Monitor", "Mop", "Mouse", "Mug", "Notebook", "Oven", "Pan",
+    "Paper_Clip", "Pen", "Pencil", "Postit_Notes", "Printer", "Push_Pin", "Radio", "Refrigerator", "Ruler",
+    "Scissors", "Screwdriver", "Shelf", "Sink", "Sneakers", "Soda", "Speaker", "Spoon", "TV", "Table", "Telephone",
+    "ToothBrush", "Toys", "Trash_Can", "Webcam",
+)
+OFFICE_HOME_DOMAINS = ("Art", "Clipart", "Product", "Real World")  # the zip's spelling, space included
+VISDA_CLASS_FOLDERS = ("aeroplane", "bicycle", "bus", "car", "horse", "knife", "motorcycle", "person", "plant",
+                       "skateboard", "train", "truck")
+
+
+def odd_image(i: int, seed: int = 0) -> tuple[str, bytes]:
+    """The ``i``-th of a cycle of image files as real benchmarks hold them: RGB, greyscale, CMYK and progressive
+    JPEGs, one with an EXIF rotation, a PNG behind a ``.jpg`` name, and a thin strip; (suffix, bytes)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, i])
+    pixels = rng.integers(0, 256, (40 + i % 7, 56 - i % 5, 3), dtype=np.uint8)
+    img = Image.fromarray(pixels)
+    buf = io.BytesIO()
+    kind = i % 7
+    if kind == 1:
+        img.convert("L").save(buf, "JPEG")
+    elif kind == 2:
+        img.convert("CMYK").save(buf, "JPEG")
+    elif kind == 3:
+        img.save(buf, "JPEG", progressive=True, quality=80)
+    elif kind == 4:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90
+        img.save(buf, "JPEG", exif=exif.tobytes())
+    elif kind == 5:
+        img.save(buf, "PNG")  # a PNG named .jpg, as scraped datasets hold
+    elif kind == 6:
+        img.resize((3, 97)).save(buf, "JPEG")
+    else:
+        img.save(buf, "JPEG", quality=90)
+    return ".jpg", buf.getvalue()
+
+
+def office_home_zip(folder: Path, classes: int = 65, per_class: int = 1) -> Path:
+    """``OfficeHomeDataset_10072016.zip`` as released: the wrapper folder, four domains (``Real World`` with its
+    space), all 65 class folders in each, ``per_class`` images in the first ``classes`` of them, ImageInfo.csv."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "OfficeHomeDataset_10072016.zip"
+    n = 0
+    with zipfile.ZipFile(path, "w") as zf:
+        for dom in OFFICE_HOME_DOMAINS:
+            for c, cls in enumerate(OFFICE_HOME_CLASS_FOLDERS):
+                zf.writestr(f"OfficeHomeDataset_10072016/{dom}/{cls}/", "")
+                for k in range(per_class if c < classes else 0):
+                    suffix, data = odd_image(n)
+                    zf.writestr(f"OfficeHomeDataset_10072016/{dom}/{cls}/{k + 1:05d}{suffix}", data)
+                    n += 1
+        zf.writestr("OfficeHomeDataset_10072016/ImageInfo.csv", "artist,source,domain,class\n")
+        zf.writestr("OfficeHomeDataset_10072016/imagelist.txt", "")
+    return path
+
+
+def visda_tars(folder: Path, per_class: int = 1) -> dict[str, Path]:
+    """VisDA-2017's ``train.tar`` (synthetic PNG renders) and ``validation.tar`` (real JPEGs), each one split
+    folder with ``<class>/<file>`` images and ``image_list.txt`` lines ``<class>/<file> <label>``."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    n = 0
+    for split, prefix in (("train", "src_1_02691156_"), ("validation", "")):
+        path = folder / f"{split}.tar"
+        lines = []
+        with tarfile.open(path, "w") as tf:
+            for label, cls in enumerate(VISDA_CLASS_FOLDERS):
+                for k in range(per_class):
+                    suffix, data = odd_image(n, seed=1)
+                    if split == "train":  # renders are PNGs
+                        buf = io.BytesIO()
+                        Image.open(io.BytesIO(data)).convert("RGB").save(buf, "PNG")
+                        suffix, data = ".png", buf.getvalue()
+                    name = f"{cls}/{prefix}{n:08x}__{k}{suffix}" if prefix else f"{cls}/{cls}_{n:05d}{suffix}"
+                    info = tarfile.TarInfo(f"{split}/{name}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+                    lines.append(f"{name} {label}")
+                    n += 1
+            listing = ("\n".join(lines) + "\n").encode()
+            info = tarfile.TarInfo(f"{split}/image_list.txt")
+            info.size = len(listing)
+            tf.addfile(info, io.BytesIO(listing))
+        out[split] = path
+    return out
