@@ -9,16 +9,50 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
 from dapl.config import DaplConfig
+from dapl.datasets.loader import to_rgb
+from dapl.errors import UserError
 from dapl.losses import clip_logits
 from dapl.models import ClipBundle, eval_transform, load_clip
 from dapl.prompts import PromptLearner
 
 PROMPTS = "prompts.safetensors"
 PROMPTS_META = "prompts.json"
+
+
+class UnreadableImageError(UserError):
+    """A file given to classify that is not a decodable image (corrupt, truncated, empty, missing)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: not a readable image ({reason})")
+        self.path, self.reason = Path(path), reason
+
+
+def _unreadable_reason(path: Path, e: BaseException) -> str:
+    """Why PIL could not read ``path``, in words that fit one line (PIL's own ones repeat the path)."""
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    if isinstance(e, IsADirectoryError):
+        return "a folder, not a file"
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file"
+    if isinstance(e, UnidentifiedImageError):
+        return "unknown format or corrupt data"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """``path`` fully decoded as RGB (the training loader's conversion, :func:`~dapl.datasets.loader.to_rgb`);
+    a file that cannot be decoded raises :class:`UnreadableImageError` naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImageError(path, _unreadable_reason(Path(path), e)) from None
 
 
 def save_prompts(out_dir: str | Path, learner: PromptLearner, cfg: DaplConfig, model_identity: str,
@@ -132,11 +166,28 @@ class AdaptedClassifier:
         for i in range(0, len(images), batch_size):
             batch = []
             for im in images[i:i + batch_size]:
-                img = Image.open(im) if isinstance(im, str | Path) else im
+                img = read_image(im) if isinstance(im, str | Path) else im
                 batch.append(self.transform(img.convert("RGB")))
             f = F.normalize(self.bundle.encode_images(torch.stack(batch)), dim=-1)
             out.append(clip_logits(f, self.text, self.bundle.logit_scale).softmax(-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classnames)), np.float32)
+
+    def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64
+                      ) -> list[np.ndarray | UnreadableImageError]:
+        """Per file its class probabilities, or the error that kept it from being read: one bad file never
+        stops the others."""
+        out: list[np.ndarray | UnreadableImageError] = []
+        for i in range(0, len(paths), batch_size):
+            chunk: list[Image.Image | UnreadableImageError] = []
+            for p in paths[i:i + batch_size]:
+                try:
+                    chunk.append(read_image(p))
+                except UnreadableImageError as e:
+                    chunk.append(e)
+            good = [im for im in chunk if isinstance(im, Image.Image)]
+            rows = iter(self.predict_proba(good, batch_size))
+            out += [im if isinstance(im, UnreadableImageError) else next(rows) for im in chunk]
+        return out
 
     def predict(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64) -> list[str]:
         p = self.predict_proba(images, batch_size)

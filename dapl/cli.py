@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from dapl.config import DaplConfig, parse_set_args
+from dapl.config import DaplConfig, parse_set_args, validated
 from dapl.paths import apply_env_defaults, default_manifest
 
 
@@ -78,28 +78,31 @@ def _write_out(a: argparse.Namespace, res: dict) -> None:
         Path(a.out).write_text(json.dumps(res, indent=1))
 
 
+# Each command resolves its config before importing the model stack: a config error answers at once.
 def cmd_features(a: argparse.Namespace) -> int:
+    cfg = _config(a)
     from dapl.run import extract_features
 
-    res = extract_features(_config(a))
+    res = extract_features(cfg)
     _write_out(a, res)
     _print_json(res)
     return 0
 
 
 def cmd_zero_shot(a: argparse.Namespace) -> int:
+    cfg = _config(a)
     from dapl.run import zero_shot
 
-    res = zero_shot(_config(a))
+    res = zero_shot(cfg)
     _write_out(a, res)
     _print_json({k: v for k, v in res.items() if k != "metrics"})
     return 0
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    cfg = _config(a)
     from dapl.run import adapt, no_pseudo_label_warning
 
-    cfg = _config(a)
     summary = adapt(cfg, resume=not a.restart)
     _print_json({k: summary[k] for k in ("task", "setting", "final", "selection", "oracle", "zero_shot",
                                          "pseudo_labels")})
@@ -114,9 +117,10 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    cfg = _config(a)
     from dapl.run import evaluate_prompts
 
-    res = evaluate_prompts(_config(a), a.prompts)
+    res = evaluate_prompts(cfg, a.prompts)
     _write_out(a, res)
     _print_json({k: {"accuracy": m["accuracy"], "mean_per_class": m["mean_per_class"], "n": m["n"]}
                  for k, m in res["metrics"].items()})
@@ -132,24 +136,25 @@ def sweep_of(a: argparse.Namespace):
     return Sweep.parse("ablations", seeds=a.seeds, pairs=a.pair, settings=a.settings, m1m2=a.m1m2, taus=a.taus)
 
 
-def plan_of(a: argparse.Namespace, domains: list[str]):
-    """Base config, runs folder and planned runs of ``dapl benchmark``/``dapl ablations`` (``domains``: the
-    manifest's)."""
+def plan_of(a: argparse.Namespace, domains: list[str], cfg: DaplConfig | None = None):
+    """Base config (``cfg``, else resolved from ``a``), runs folder and planned runs of ``dapl benchmark``/``dapl
+    ablations`` (``domains``: the manifest's)."""
     from dapl.plan import default_runs_dir, plan_runs
 
-    cfg, sweep = _config(a), sweep_of(a)
+    cfg, sweep = cfg or _config(a), sweep_of(a)
     out = Path(a.runs_dir).absolute() if a.runs_dir else default_runs_dir(sweep.kind, cfg)
     return cfg, out, plan_runs(sweep, cfg, domains, out)
 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
+    cfg, _ = _config(a), sweep_of(a)  # bad config or sweep options fail before the model stack loads
     from dapl.benchmark import run_one, run_warnings, write_tables
     from dapl.models import load_clip
     from dapl.plan import format_recipe
     from dapl.run import load_manifest
 
-    manifest = load_manifest(_config(a))
-    cfg, out, runs = plan_of(a, list(manifest.domains))
+    manifest = load_manifest(cfg)
+    cfg, out, runs = plan_of(a, list(manifest.domains), cfg)
     print(format_recipe(cfg), file=sys.stderr)
     bundle = load_clip(cfg.model)
     rows = []
@@ -166,16 +171,42 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_files(args: list[str]) -> list[Path]:
+    """The files named, and every file under the folders named (hidden and OS leftovers skipped)."""
+    from dapl.datasets.registry import ignored_name
+
+    out: list[Path] = []
+    for p in map(Path, args):
+        if p.is_dir():
+            out += sorted(x for x in p.rglob("*") if x.is_file()
+                          and not any(ignored_name(part) for part in x.relative_to(p).parts))
+        else:
+            out.append(p)
+    return out
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
+    """One line per file: ``path<TAB>class<TAB>probability``, or ``path<TAB>(error)<TAB>reason`` plus a
+    warning on stderr for a file that is not a readable image; fails only when no file could be read."""
+    from dapl.errors import UserError
+
+    files = _predict_files(a.images)
+    if not files:
+        raise UserError(f"no files in {', '.join(a.images)}: give image files or folders holding them")
     from dapl.artifacts import AdaptedClassifier
 
     clf = AdaptedClassifier.load(a.prompts, domain=a.domain, device=a.device)
-    paths = [Path(p) for p in a.images]
-    files = [f for p in paths for f in (sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])]
-    probs = clf.predict_proba(files)
-    for f, row in zip(files, probs, strict=True):
-        k = int(row.argmax())
-        print(f"{f}\t{clf.classnames[k]}\t{row[k]:.3f}")
+    failed = []
+    for f, res in zip(files, clf.predict_files(files), strict=True):
+        if isinstance(res, Exception):
+            failed.append(res)
+            print(f"{f}\t(error)\t{res.reason}")
+            print(f"dapl predict: warning: {res}; skipped", file=sys.stderr)
+            continue
+        k = int(res.argmax())
+        print(f"{f}\t{clf.classnames[k]}\t{res[k]:.3f}")
+    if len(failed) == len(files):
+        raise UserError(f"none of the {len(files)} file(s) is a readable image (first: {failed[0]})")
     return 0
 
 
@@ -188,10 +219,12 @@ def cmd_config(a: argparse.Namespace) -> int:
 
 # -- toy world --------------------------------------------------------------------------------------------
 def cmd_toy_pretrain(a: argparse.Namespace) -> int:
-    from dapl.toy.pretrain import ToyPretrainConfig, pretrain_toy_clip
+    from dapl.toy.pretrain_config import ToyPretrainConfig
 
-    over = parse_set_args(a.set or [])
-    metrics = pretrain_toy_clip(Path(a.out), ToyPretrainConfig(**over))
+    cfg = validated(ToyPretrainConfig, parse_set_args(a.set or []))  # a bad --set fails before torch loads
+    from dapl.toy.pretrain import pretrain_toy_clip
+
+    metrics = pretrain_toy_clip(Path(a.out), cfg)
     _print_json(metrics)
     return 0
 
@@ -278,11 +311,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console_logging()  # progress and estimate lines on stderr, also without a terminal (nohup, sbatch, | tee)
     from dapl.errors import UserError
-    from dapl.models import WeightsNotFoundError
 
     try:
         return int(args.fn(args) or 0)
-    except (UserError, WeightsNotFoundError, FileNotFoundError, ValueError) as e:  # the user can fix these
+    except (UserError, FileNotFoundError, ValueError) as e:  # the user can fix these
         print(f"dapl {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

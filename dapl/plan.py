@@ -20,14 +20,24 @@ Pure: no Prefect, MLflow or DVC.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from pydantic import ValidationError
 
-from dapl.config import DaplConfig, PromptConfig, PromptSetting, deep_merge, expand_dotted, flatten
+from dapl.config import (
+    ConfigError,
+    DaplConfig,
+    PromptConfig,
+    PromptSetting,
+    deep_merge,
+    describe_validation_error,
+    expand_dotted,
+    flatten,
+    load_yaml,
+)
 from dapl.paths import TOY_CHECKPOINT, default_manifest, looks_like_path
 
 Kind = Literal["benchmark", "ablations"]
@@ -52,7 +62,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path).expanduser().absolute()
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = load_yaml(p.read_text(), str(p)) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"{p}: expected a mapping of config sections, got {type(raw).__name__}")
     if isinstance(raw.get("dapl"), dict):
@@ -116,12 +126,17 @@ def resolve_config(config: str | Path | None = None, *, preset: str | None = Non
     user = expand_dotted(_absolute_paths(flatten(deep_merge(expand_dotted(named), over)), wd))
     chosen_preset = preset or user.pop("preset", None) or file_layer.get("preset") or "paper"
     ds = user.get("data", {}).get("dataset") or file_layer.get("data", {}).get("dataset") or "toy"
+    layers = [(f"the {ds} dataset recipe", expand_dotted(dataset_recipe(ds))),
+              (str(Path(config).expanduser().absolute()) if config else "", file_layer), ("", user)]
     merged: dict[str, Any] = {}
-    for layer in (expand_dotted(dataset_recipe(ds)), file_layer, user):
+    for _, layer in layers:
         merged = deep_merge(merged, {k: v for k, v in layer.items() if k != "preset"})
     if "root" not in merged.get("data", {}):
         merged = deep_merge(merged, {"data": {"root": f"data/{ds}"}})
-    cfg = DaplConfig.from_preset(chosen_preset, merged)
+    try:
+        cfg = DaplConfig.from_preset(chosen_preset, merged)
+    except ValidationError as e:  # one line naming the key, its layer (a file) and what it takes
+        raise ConfigError(describe_validation_error(e, DaplConfig, _layer_of(layers))) from None
     if cfg.model.name == "toy-clip" and cfg.model.pretrained == "dapl":  # the shipped tag, as the file it names
         cfg = cfg.with_overrides({"model.pretrained": str(TOY_CHECKPOINT)})
     # what is still relative now came from a default: relative to workdir like the arguments
@@ -131,6 +146,19 @@ def resolve_config(config: str | Path | None = None, *, preset: str | None = Non
         cfg = cfg.with_overrides({"data.manifest": str(default_manifest(cfg.data.dataset, cfg.data.root, wd))})
     _check_weights(cfg)
     return cfg
+
+
+def _layer_of(layers: list[tuple[str, dict[str, Any]]]) -> Callable[[str], str]:
+    """``key -> label`` of the last layer that set ``key`` (or a section above or below it): where to fix it."""
+    flats = [(label, flatten(layer)) for label, layer in layers]
+
+    def source(key: str) -> str:
+        for label, flat in reversed(flats):
+            if any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in flat):
+                return label
+        return ""
+
+    return source
 
 
 def _check_weights(cfg: DaplConfig) -> None:

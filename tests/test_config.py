@@ -5,7 +5,20 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from dapl.config import DaplConfig, PromptConfig, PromptSetting, parse_set_args
+from dapl.config import (
+    ConfigError,
+    DaplConfig,
+    PromptConfig,
+    PromptSetting,
+    TrainConfig,
+    describe_field,
+    parse_set_args,
+    unknown_key_message,
+    validated,
+)
+from dapl.errors import UserError
+from dapl.plan import resolve_config
+from dapl.toy.pretrain_config import ToyPretrainConfig
 
 
 def test_paper_preset_defaults():
@@ -51,3 +64,55 @@ def test_validation_errors():
         DaplConfig.from_preset("paper", {"train.lrr": 1})
     with pytest.raises(ValueError, match="unknown preset"):
         DaplConfig.from_preset("nope")
+
+
+@pytest.mark.parametrize("key,expect", [
+    ("train.lrr", "did you mean `train.lr`?"),  # a sibling spelt alike
+    ("trian.lr", "did you mean `train.lr`?"),  # a misspelt section
+    ("train.tau", "did you mean `pseudo.tau`?"),  # the right name in another section
+    ("epochs", "did you mean `train.epochs`?"),
+    ("train.zzzz", "valid keys of `train`: epochs, lr, momentum"),  # nothing close: the section's keys
+    ("zzz.yyy", "valid keys: preset, model, prompt"),
+])
+def test_unknown_keys_get_the_nearest_valid_key(key, expect):
+    msg = unknown_key_message(key, DaplConfig)
+    assert msg.startswith(f"unknown key `{key}`; ") and expect in msg
+
+
+def test_field_descriptions_say_type_bounds_and_default():
+    assert describe_field(TrainConfig.model_fields["lr"]) == "float > 0 (default 0.003)"
+    assert describe_field(TrainConfig.model_fields["loss"]) == "'contrastive' or 'kway' (default \"contrastive\")"
+    tau = DaplConfig.model_fields["pseudo"].annotation.model_fields["tau"]
+    assert describe_field(tau) == "float >= 0.0 and <= 1.0, or null (default null)"
+
+
+def test_resolve_config_errors_are_one_line_user_errors(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(overrides={"train.lrr": 0.1}, workdir=tmp_path)
+    assert str(e.value) == "unknown key `train.lrr`; did you mean `train.lr`?"
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)  # every caller already catches it
+    with pytest.raises(ConfigError, match=r"^train.epochs=\"abc\": input should be a valid integer.*int >= 1"):
+        resolve_config(overrides={"train.epochs": "abc"}, workdir=tmp_path)
+    f = tmp_path / "params.yaml"
+    f.write_text("dapl:\n  train:\n    lr: -1\n")
+    with pytest.raises(ConfigError) as e:
+        resolve_config(f, workdir=tmp_path)
+    assert str(e.value).startswith(f"{f}: train.lr=-1: input should be greater than 0") and "\n" not in str(e.value)
+    f.write_text("dapl: {train: {lr: 0.1}")
+    with pytest.raises(ConfigError, match=f"^{f}: not valid YAML"):
+        resolve_config(f, workdir=tmp_path)
+
+
+def test_set_args_with_bad_yaml_or_no_value_are_config_errors():
+    with pytest.raises(ConfigError, match=r"^--set data.target=\[art: not valid YAML"):
+        parse_set_args(["data.target=[art"])
+    with pytest.raises(ConfigError, match="expects key=value"):
+        parse_set_args(["train.lr"])
+
+
+def test_toy_pretrain_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match=r"^unknown key `stepz`; did you mean `steps`\?$"):
+        validated(ToyPretrainConfig, {"stepz": 3})
+    with pytest.raises(ValidationError):
+        ToyPretrainConfig(stepz=3)  # the class itself forbids them too, whoever builds it
+    assert validated(ToyPretrainConfig, {"steps": 3}).steps == 3
