@@ -34,12 +34,13 @@ def history_png(history_csv: Path, out: Path, title: str = "") -> Path:
             acc.plot(ep, y * 100 if col != "target_acc" else y, marker=".", label=label)
     acc.set_xlabel("epoch")
     acc.set_ylabel("%")
-    acc.legend(fontsize=8)
     for col in ("loss", "loss_source", "loss_target"):
         if col in df.columns and df[col].null_count() < len(df):
             loss.plot(ep, df[col].to_numpy().astype(float), label=col)
     loss.set_xlabel("epoch")
-    loss.legend(fontsize=8)
+    for ax in (acc, loss):
+        if ax.get_legend_handles_labels()[0]:  # a zero-shot run has no loss curve to label
+            ax.legend(fontsize=8)
     fig.suptitle(title or "training", fontsize=10)
     return _save(fig, out)
 

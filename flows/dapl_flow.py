@@ -233,9 +233,8 @@ def dapl(
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
     print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
     warnings = run_warnings(rows)
-    for line in warnings:
+    for line in warnings:  # a WARNING record: the console and the run's log both show it once
         log.warning(line)
-        print(line)
     return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
             "diverged": diverged_runs(rows), "warnings": warnings, "files": summary["files"],
             "plots": summary["plots"], "parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
