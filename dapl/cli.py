@@ -31,10 +31,20 @@ def _print_json(obj) -> None:
 
 # -- data -----------------------------------------------------------------------------------------------
 def cmd_data_fetch(a: argparse.Namespace) -> int:
+    import warnings
+
+    from dapl.datasets.errors import DatasetWarning
     from dapl.datasets.fetch import fetch_dataset
 
-    root = fetch_dataset(a.dataset, a.root, sources=a.source or (), download_dir=a.download_dir, seed=a.seed,
-                         force=a.force, check_counts=not a.allow_incomplete)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DatasetWarning)
+        root = fetch_dataset(a.dataset, a.root, sources=a.source or (), download_dir=a.download_dir, seed=a.seed,
+                             force=a.force, check_counts=not a.allow_incomplete)
+    for w in caught:  # a --source not used: one line, not Python's warning format
+        if issubclass(w.category, DatasetWarning):
+            print(f"note: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     print(f"{a.dataset} is in place at {root}")
     return 0
 
@@ -240,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--source", action="append", help="a local archive, split file or extracted folder")
     f.add_argument("--download-dir")
     f.add_argument("--seed", type=int, default=0, help="toy world seed")
-    f.add_argument("--force", action="store_true")
+    f.add_argument("--force", action="store_true",
+                   help="with --source: replace a complete dataset (built beside it, swapped in once checked); "
+                        "without: recheck it in place (toy: regenerate)")
     f.add_argument("--allow-incomplete", action="store_true",
                    help="accept fewer images per domain than the official release (a deliberate subset)")
     f.set_defaults(fn=cmd_data_fetch)

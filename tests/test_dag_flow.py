@@ -155,7 +155,7 @@ def test_unreachable_mlflow_fails_before_training(env):
 
 
 def _failed_run_logs(state) -> list[str]:
-    """The messages a failed flow run left in its Prefect log (what a user reads in the UI or `prefect flow-run logs`)."""
+    """The messages a flow run left in its Prefect log (what a user reads in the UI)."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogWorker
@@ -167,7 +167,7 @@ def _failed_run_logs(state) -> list[str]:
 
 
 def test_dataset_error_fails_the_flow_with_one_line(env):
-    """A registry dataset that is not on disk: the run fails with the fetch's message in its state and log, no traceback."""
+    """A registry dataset not on disk: the run fails with the fetch's message in state and log, no traceback."""
     state = _run(env, "full-benchmark", dataset="office_home", root=str(env["wd"] / "no_office_home"),
                  backbone=None, weights=None, overrides=None, return_state=True)
     assert state.is_failed()

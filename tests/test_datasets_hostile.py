@@ -401,3 +401,171 @@ def test_cli_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     with pytest.raises(KeyError):  # still a KeyError for older callers
         get_spec("nope")
     assert isinstance(UnknownDatasetError("x"), DatasetError)
+
+
+# -- links, odd names and wrong roots at index time ---------------------------------------------------------------
+def _four_classes(root: Path) -> Path:
+    n = 0
+    for dom in ("real", "sketch"):
+        for cls in ("cat", "dog", "fox", "owl"):
+            (root / dom / cls).mkdir(parents=True)
+            (root / dom / cls / "1.jpg").write_bytes(jpeg(n))
+            n += 1
+    return root
+
+
+def _excluded(m, kind: str) -> pl.DataFrame:
+    return m.problems.filter((pl.col("kind") == kind) & (pl.col("severity") == "excluded"))
+
+
+def test_class_folder_link_loop_adds_no_phantom_class_and_is_named(tmp_path):
+    root = _four_classes(tmp_path / "data")
+    os.symlink(".", root / "real" / "loopcls")
+    m = index_dataset("folder", root, progress=False)
+    assert m.classes == ["cat", "dog", "fox", "owl"] and len(m.df) == m.n_ok == 8
+    links = _excluded(m, "symlink")
+    assert links["path"].to_list() == ["real/loopcls"]
+    assert "symbolic link to '.'" in links["detail"][0] and "never followed" in links["detail"][0]
+    assert m.problems.filter(pl.col("kind").str.starts_with("duplicate")).is_empty()
+
+
+def test_linked_domain_folder_is_no_domain_and_is_named(tmp_path):
+    root = _four_classes(tmp_path / "data")
+    os.symlink(root / "sketch", root / "sketch_again")
+    m = index_dataset("folder", root, progress=False)
+    assert m.domains == ["real", "sketch"] and len(m.df) == 8
+    assert _excluded(m, "symlink")["path"].to_list() == ["sketch_again"]
+
+
+def test_image_link_pointing_outside_is_excluded_and_named(tmp_path):
+    root = _four_classes(tmp_path / "data")
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(jpeg(99))
+    os.symlink(outside, root / "real" / "cat" / "2.jpg")
+    m = index_dataset("folder", root, progress=False)
+    assert "real/cat/2.jpg" not in m.df["path"].to_list() and m.n_ok == 8
+    links = _excluded(m, "symlink")
+    assert links.rows() == [("excluded", "symlink", "real", "cat", "real/cat/2.jpg", links["detail"][0])]
+    assert str(outside) in links["detail"][0]
+
+
+def test_office_domain_folder_link_fails_the_count_naming_it(tmp_path):
+    root = tmp_path / "office31"
+    for dom in ("amazon", "webcam"):
+        (root / dom / "back_pack").mkdir(parents=True)
+        (root / dom / "back_pack" / "1.jpg").write_bytes(jpeg(len(dom)))
+    os.symlink(tmp_path / "elsewhere", root / "dslr")
+    with pytest.raises(IncompleteDatasetError, match=f"{root / 'dslr'} is a symbolic link, never followed"):
+        index_dataset("office31", root, progress=False)
+    m = index_dataset("office31", root, progress=False, check_counts=False)
+    assert _excluded(m, "symlink").select("domain", "path").rows() == [("dslr", "dslr")]
+
+
+def test_listed_image_through_a_link_is_excluded(tmp_path):
+    root = tmp_path / "visda"
+    for dom in ("train", "validation"):
+        (root / dom / "car").mkdir(parents=True)
+        (root / dom / "car" / "1.jpg").write_bytes(jpeg(len(dom)))
+        (root / dom / "image_list.txt").write_text("car/1.jpg 3\ncar/2.jpg 3\n")
+    (tmp_path / "out.jpg").write_bytes(jpeg(7))
+    os.symlink(tmp_path / "out.jpg", root / "train" / "car" / "2.jpg")
+    (root / "validation" / "car" / "2.jpg").write_bytes(jpeg(8))
+    m = index_dataset("visda2017", root, progress=False, check_counts=False)
+    row = m.df.filter(pl.col("path") == "train/car/2.jpg").row(0, named=True)
+    assert row["status"] == "excluded" and row["problem"].startswith("symlink:") and row["sha256"] is None
+    assert m.n_ok == 3
+
+
+def test_control_character_in_a_class_folder_name_is_refused_and_shown(tmp_path):
+    root = _four_classes(tmp_path / "data")
+    (root / "real" / "bad\ncls").mkdir()
+    (root / "real" / "bad\ncls" / "1.jpg").write_bytes(jpeg(50))
+    (root / "real" / "cat" / "tab\there.jpg").write_bytes(jpeg(51))
+    m = index_dataset("folder", root, progress=False)
+    assert m.classes == ["cat", "dog", "fox", "owl"] and len(m.df) == 8
+    bad = _excluded(m, "bad_name").sort("path")
+    assert bad["path"].to_list() == [repr("real/bad\ncls"), repr("real/cat/tab\there.jpg")]
+    assert all("\n" not in d and "\t" not in d for d in bad["detail"])
+    assert "'real/bad\\ncls'" in bad["detail"][0] and "control character" in bad["detail"][0]
+    assert "\n" not in "".join(m.summary().splitlines()[-3:]) and "bad\\ncls" in m.summary()
+
+
+def _office_home_one_level_down(top: Path) -> Path:
+    wrapper = top / "OfficeHomeDataset_10072016"
+    for i, dom in enumerate(("Art", "Clipart", "Product", "Real World")):
+        (wrapper / dom / "Alarm_Clock").mkdir(parents=True)
+        (wrapper / dom / "Alarm_Clock" / "1.jpg").write_bytes(jpeg(i))
+    return wrapper
+
+
+@pytest.mark.parametrize("check_counts", [True, False])
+def test_root_one_level_above_the_dataset_names_the_folder(tmp_path, check_counts):
+    top = tmp_path / "downloads"
+    wrapper = _office_home_one_level_down(top)
+    with pytest.raises(DatasetLayoutError) as ei:
+        index_dataset("office_home", top, progress=False, check_counts=check_counts)
+    msg = str(ei.value)
+    assert "one level down" in msg and f"--root {wrapper}" in msg and "download it again" not in msg
+    assert "Art, Clipart, Product, Real World" in msg and "\n" not in msg
+
+
+def test_cli_wrong_root_and_empty_index_write_no_manifest(tmp_path, capsys):
+    top = tmp_path / "downloads"
+    wrapper = _office_home_one_level_down(top)
+    out = tmp_path / "m.parquet"
+    for extra in ([], ["--allow-incomplete"]):
+        assert main(["data", "index", "office_home", "--root", str(top), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--root {wrapper}" in err
+    empty = tmp_path / "empty"
+    (empty / "unrelated").mkdir(parents=True)
+    assert main(["data", "index", "office_home", "--root", str(empty), "--out", str(out),
+                 "--allow-incomplete"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no image file found" in err and "no manifest is written" in err
+    assert not out.exists()
+
+
+def test_an_index_of_zero_files_is_refused_even_for_a_subset(tmp_path):
+    root = tmp_path / "data"
+    (root / "light" / "cat").mkdir(parents=True)
+    os.symlink(tmp_path, root / "light" / "cat" / "all")
+    with pytest.raises(DatasetLayoutError, match=r"no image file found .*1 entr\(ies\) refused.*light/cat/all"):
+        index_dataset("folder", root, progress=False, check_counts=False)
+    with pytest.raises(DatasetLayoutError, match="no image file found"):
+        index_dataset("office31", tmp_path / "data", progress=False, check_counts=False)
+
+
+# -- a --source for a folder that is already complete ---------------------------------------------------------------
+def test_source_for_a_complete_folder_is_reported_unused_and_force_replaces(tmp_path, capsys):
+    (tmp_path / "good").mkdir()
+    good = _office31_tar(tmp_path / "good" / "domain_adaptation_images.tar.gz")
+    root = tmp_path / "office31"
+    fetch_dataset("office31", root, sources=[good], download_dir=tmp_path / "none", progress=False,
+                  check_counts=False)
+    (root / "amazon" / "back_pack" / "old.jpg").write_bytes(jpeg(77))
+    before = _tree(root)
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"not an archive at all")
+    base = ["data", "fetch", "office31", "--root", str(root), "--source", str(bad), "--allow-incomplete",
+            "--download-dir", str(tmp_path / "none")]
+    assert main(base) == 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already complete" in err and f"--source {bad} was not used" in err
+    assert "--force" in err and _tree(root) == before
+    assert main([*base, "--force"]) == 2  # the bad archive is now opened, and the old tree survives it
+    assert "neither a zip nor a tar" in capsys.readouterr().err and _tree(root) == before
+    assert sorted(os.listdir(tmp_path)) == ["bad.tar.gz", "good", "office31"]  # no sibling folder left
+    assert main([*base[:-4], str(good), *base[-3:], "--force"]) == 0
+    assert "old.jpg" not in "".join(_tree(root)) and is_stamped(get_spec("office31"), root)
+    assert sorted(os.listdir(tmp_path)) == ["bad.tar.gz", "good", "office31"]
+    with pytest.raises(DatasetError, match="lies inside"):
+        fetch_dataset("office31", root, sources=[root / "amazon"], force=True, progress=False)
+
+
+def test_fifo_in_a_class_folder_is_refused_not_opened(tmp_path):
+    root = _four_classes(tmp_path / "data")
+    os.mkfifo(root / "real" / "cat" / "pipe.jpg")  # opening it to check the image would block forever
+    m = index_dataset("folder", root, progress=False)
+    assert len(m.df) == m.n_ok == 8
+    assert _excluded(m, "special_file")["path"].to_list() == ["real/cat/pipe.jpg"]

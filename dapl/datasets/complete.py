@@ -13,36 +13,43 @@ import json
 import os
 from pathlib import Path
 
-from dapl.datasets.errors import IncompleteDatasetError
-from dapl.datasets.registry import IMAGE_SUFFIXES, DatasetSpec, DomainSpec, ignored_name
+from dapl.datasets.errors import DatasetLayoutError, IncompleteDatasetError
+from dapl.datasets.registry import IMAGE_SUFFIXES, DatasetSpec, DomainSpec
+from dapl.datasets.tree import link_on_path, plain_dir, scan, walk_files
 
 STAMP = ".dapl-complete.json"  # hidden: never indexed (see DATASETS.md for DVC)
 STAMP_FORMAT = 1
 
 
-def _domain_dir(root: Path, d: DomainSpec) -> Path | None:
+def domain_dir(root: Path, d: DomainSpec) -> Path | None:
+    """The real folder of domain ``d`` under ``root`` (its folder name or an alias); a link is never one."""
     for f in d.all_folders:
-        if (root / f).is_dir():
+        if plain_dir(root / f):
             return root / f
     return None
 
 
+def linked_domains(spec: DatasetSpec, root: Path) -> dict[str, Path]:
+    """Domain key -> its folder under ``root`` where that is a symbolic link (and no real folder is there)."""
+    return {d.key: root / f for d in spec.domains if domain_dir(root, d) is None
+            for f in d.all_folders if (root / f).is_symlink()}
+
+
 def count_images(folder: Path) -> int:
-    """Image files (by suffix) below ``folder``, links not followed, junk and hidden names skipped."""
-    n = 0
-    for _dir, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not ignored_name(d)]
-        n += sum(1 for f in filenames if not ignored_name(f) and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
-    return n
+    """Image files (by suffix) below ``folder`` as the index takes them: no link followed, junk and hidden
+    names, control-character names and special files skipped."""
+    return sum(1 for f in walk_files(folder) if os.path.splitext(f.name)[1].lower() in IMAGE_SUFFIXES)
 
 
 def _listed(root: Path, spec: DatasetSpec, d: DomainSpec) -> tuple[int, int] | None:
     """(listed, on disk) for a split-file layout, or ``None`` while a split file is missing."""
-    folder = (_domain_dir(root, d) or root / d.folder).name
+    folder = (domain_dir(root, d) or root / d.folder).name
     listed = present = 0
+    cache: dict[str, str | None] = {}
     for s in spec.splits:
-        lf = root / spec.split_file.format(domain=folder, split=s)
-        if not lf.is_file():
+        rel_lf = spec.split_file.format(domain=folder, split=s)
+        lf = root / rel_lf
+        if link_on_path(root, rel_lf) is not None or not lf.is_file():
             return None
         for line in lf.read_text(encoding="utf-8", errors="replace").splitlines():
             parts = line.split()
@@ -52,7 +59,7 @@ def _listed(root: Path, spec: DatasetSpec, d: DomainSpec) -> tuple[int, int] | N
             if rel.startswith("/") or ".." in rel.split("/"):
                 continue  # never looked at: the index reports it as unsafe
             listed += 1
-            present += (root / rel).is_file()
+            present += link_on_path(root, rel, cache) is None and (root / rel).is_file()
     return listed, present
 
 
@@ -65,7 +72,7 @@ def image_counts(spec: DatasetSpec, root: Path | str) -> dict[str, tuple[int, in
             got = _listed(root, spec, d)
             out[d.key] = (got[1], got[0]) if got is not None else (0, None)
             continue
-        ddir = _domain_dir(root, d)
+        ddir = domain_dir(root, d)
         out[d.key] = (count_images(ddir) if ddir is not None else 0, d.images)
     return out
 
@@ -84,10 +91,36 @@ def check_counts(spec: DatasetSpec, root: Path | str, what: str = "fetch") -> No
     """Raise :class:`IncompleteDatasetError` naming every short domain and its counts."""
     short = shortfalls(spec, root)
     if short:
+        links = linked_domains(spec, Path(root))
+        linked = "".join(f" ({links[s[0]]} is a symbolic link, never followed: put the real folder there)"
+                         for s in short if s[0] in links)
         raise IncompleteDatasetError(
-            f"{root}: {spec.title} is incomplete: {'; '.join(map(describe, short))}. The archive or download was "
-            f"cut short or is another version: delete it, download it again and rerun `dapl data {what} "
+            f"{root}: {spec.title} is incomplete: {'; '.join(map(describe, short))}{linked}. The archive or download "
+            f"was cut short or is another version: delete it, download it again and rerun `dapl data {what} "
             f"{spec.name} --root {root}` (or pass --allow-incomplete to use a subset on purpose)")
+
+
+def dataset_below(spec: DatasetSpec, root: Path) -> Path | None:
+    """The one sub-folder of ``root`` that holds ``spec``'s domain folders when ``root`` holds none of them
+    itself (``--root`` one level too high, e.g. above an archive's wrapper folder), else ``None``."""
+    if not spec.domains or not plain_dir(root):
+        return None
+    folders = {f for d in spec.domains for f in d.all_folders}
+    if any(plain_dir(root / f) or (root / f).is_symlink() for f in folders):
+        return None
+    holders = [p for p, is_dir in scan(root)[0] if is_dir and any(plain_dir(p / f) for f in folders)]
+    return holders[0] if len(holders) == 1 else None
+
+
+def check_root(spec: DatasetSpec, root: Path, what: str = "index") -> None:
+    """Raise :class:`DatasetLayoutError` naming the folder to pass when the dataset is one level below ``root``."""
+    below = dataset_below(spec, root)
+    if below is not None:
+        found = sorted(f for d in spec.domains for f in d.all_folders if plain_dir(below / f))
+        raise DatasetLayoutError(
+            f"--root {root}: holds none of the {spec.title} domain folders, but its folder {below.name!r} does "
+            f"({', '.join(found)}): the dataset seems to be one level down; rerun with --root {below} "
+            f"(`dapl data {what} {spec.name} --root {below}`)")
 
 
 # -- the stamp ---------------------------------------------------------------------------------------------

@@ -36,6 +36,10 @@ class UnusableDatasetError(DatasetError):
     """A stage's source or target domain has no usable image, or a class has no source image."""
 
 
+class DatasetWarning(UserWarning):
+    """Something the user asked for was not done, though nothing failed (a ``--source`` not used)."""
+
+
 class UnknownDatasetError(DatasetError, KeyError):
     """A dataset name that is not in the registry (also a ``KeyError`` for older callers)."""
 

@@ -21,6 +21,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 from dapl.datasets.archive import _merge, _remove, safe_extract
 from dapl.datasets.complete import check_counts as check_counts_on
 from dapl.datasets.complete import count_images, image_counts, is_stamped, write_stamp
-from dapl.datasets.errors import ChecksumError, DatasetError, DatasetLayoutError, DatasetUnavailable
+from dapl.datasets.errors import ChecksumError, DatasetError, DatasetLayoutError, DatasetUnavailable, DatasetWarning
 from dapl.datasets.registry import DatasetSpec, Resource, get_spec, ignored_name
 
 OFFLINE_ENV = ("DAPL_OFFLINE", "HF_HUB_OFFLINE")
@@ -347,7 +348,7 @@ def wrapper_folder(root: Path) -> Path | None:
         return None
     for d in doms:
         sub = _visible(d)
-        if not sub or not all(p.is_dir() for p in sub):
+        if not sub or not all(p.is_dir() and not p.is_symlink() for p in sub):
             return None
     return kids[0]
 
@@ -388,8 +389,10 @@ def fetch_dataset(name: str, root: Path | str, *, sources: Sequence[Path | str] 
     goes to a staging folder inside ``root`` first, merged into ``root`` only when the needed files are all
     there; the image counts are then checked (``check_counts=False``: a deliberate subset) and the completion
     stamp written last. A failed fetch undoes its merge and removes its staging folder, so a rerun starts
-    clean; a stamped dataset is "in place" and left alone unless ``force``. ``seed`` and ``force`` also drive
-    the generated ``toy`` world, which writes no stamp (its bytes are versioned by ``data.dvc``).
+    clean; a stamped dataset is "in place" and left alone unless ``force`` (its ``sources`` then unused, with a
+    :class:`DatasetWarning` saying so). ``force`` with ``sources`` on a stamped dataset replaces it (see
+    :func:`replace_dataset`); ``force`` alone rechecks it in place. ``seed`` and ``force`` also drive the
+    generated ``toy`` world, which writes no stamp (its bytes are versioned by ``data.dvc``).
     Raises :class:`DatasetUnavailable` (within ~3 s when offline, at once for click-through sources) with
     instructions when files are missing.
     """
@@ -398,8 +401,14 @@ def fetch_dataset(name: str, root: Path | str, *, sources: Sequence[Path | str] 
     check_folder_arg(root, "--root")
     if spec.layout == "toy":
         return generate_toy(root, seed=seed, force=force)
-    if is_stamped(spec, root) and not force:
-        return root
+    if is_stamped(spec, root):
+        if sources and force:
+            return replace_dataset(spec, root, sources, download_dir=download_dir, probe=probe, progress=progress,
+                                   check_counts=check_counts)
+        if not force:
+            if sources:
+                warnings.warn(DatasetWarning(sources_not_used(spec, root, sources)), stacklevel=2)
+            return root
     root.mkdir(parents=True, exist_ok=True)
     staging = root / STAGING
     _remove(staging)  # left by an interrupted run: start clean
@@ -422,6 +431,48 @@ def fetch_dataset(name: str, root: Path | str, *, sources: Sequence[Path | str] 
         return root
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sources_not_used(spec: DatasetSpec, root: Path, sources: Sequence[Path | str]) -> str:
+    names = ", ".join(str(s) for s in sources)
+    return (f"{root}: {spec.title} is already complete (fetched and checked before), so --source {names} was not "
+            f"used (not even opened). To replace the folder with it, rerun with --force: the new tree is built "
+            f"beside it and swapped in only once every check passed")
+
+
+def replace_dataset(spec: DatasetSpec, root: Path, sources: Sequence[Path | str], **kw) -> Path:
+    """Rebuild complete dataset ``root`` from ``sources`` in a fresh sibling folder, then swap it in.
+
+    Paths are decided lexically: ``root`` must not be a link and no source may lie inside it (it is deleted
+    with the old tree). A failure before the swap leaves the old tree as it was.
+    """
+    root = Path(os.path.abspath(root))
+    if root.is_symlink():
+        raise DatasetError(f"--root {root}: is a symbolic link; --force replaces the folder itself, so pass the "
+                           "real folder as --root")
+    inside = [s for s in sources if Path(os.path.abspath(s)).is_relative_to(root)]
+    if inside:
+        raise DatasetError(f"--source {inside[0]}: lies inside {root}, which --force deletes once replaced; move "
+                           "it out of the dataset folder first (nothing was changed)")
+    fresh, old = (root.parent / f".{root.name}.dapl-{what}.tmp" for what in ("new", "old"))
+    _remove(fresh)  # left by an interrupted run
+    try:
+        fetch_dataset(spec.name, fresh, sources=sources, **kw)
+        _remove(old)
+        try:
+            os.replace(root, old)
+        except OSError as e:
+            raise DatasetError(f"--root {root}: cannot move it aside to swap in the new tree ({e}); nothing was "
+                               "changed") from e
+        try:
+            os.replace(fresh, root)
+        except BaseException:
+            os.replace(old, root)
+            raise
+    finally:
+        _remove(fresh)
+    _remove(old)
+    return root
 
 
 def _finish_folder(spec: DatasetSpec, root: Path, staging: Path) -> Path:

@@ -4,10 +4,12 @@ Every file found (or listed by a split file) becomes one row; a file that cannot
 ``status="excluded"`` and a ``problem`` of the form ``"<kind>: <detail>"``, so nothing is dropped silently and
 one broken image never stops the run. Checks per file: zero bytes, unreadable or truncated data (full decode),
 decompression bombs (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``), unknown class folders, files missing
-from disk or listed twice, labels that disagree with their folder. Non-RGB modes (grayscale, CMYK, palette,
-RGBA, 16-bit) stay ``ok``: their ``mode`` is recorded and the loader converts them. Dataset-level checks
-(empty domains, classes missing from a domain, duplicate contents across domains) are derived from the
-table by :func:`find_problems`.
+from disk or listed twice, labels that disagree with their folder. The tree is walked without following a link
+(:mod:`dapl.datasets.tree`): links, control-character names and special files are excluded and reported by
+path, so a link loop cannot add a phantom class nor a link pull in a file from outside. Non-RGB modes
+(grayscale, CMYK, palette, RGBA, 16-bit) stay ``ok``: their ``mode`` is recorded and the loader converts
+them. Dataset-level checks (empty domains, classes missing from a domain, duplicate contents across domains)
+are derived from the table by :func:`find_problems`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import polars as pl
 from PIL import Image, UnidentifiedImageError
 
 from dapl.datasets.complete import check_counts as check_counts_on
-from dapl.datasets.complete import describe, shortfalls
+from dapl.datasets.complete import check_root, describe, domain_dir, shortfalls
 from dapl.datasets.errors import DatasetLayoutError
 from dapl.datasets.fetch import sha256_file, wrapper_folder, wrapper_message
 from dapl.datasets.manifest import MANIFEST_SCHEMA, Manifest
 from dapl.datasets.problems import note as _note
-from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec, ignored_name
+from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec
+from dapl.datasets.tree import LINK_FIX, Refused, link_on_path, scan, shown, walk_files
 from dapl.progress import track
 
 
@@ -46,42 +49,52 @@ class _Item:
 
 
 # -- enumeration --------------------------------------------------------------------------------------
-def _domain_dir(root: Path, d: DomainSpec) -> Path | None:
-    for f in d.all_folders:
-        if (root / f).is_dir():
-            return root / f
-    return None
-
-
-def _walk_files(base: Path) -> Iterable[Path]:
-    """Files below ``base`` in sorted order; hidden and OS leftover names (``Thumbs.db``, ...) skipped."""
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = sorted(d for d in dirnames if not ignored_name(d))
-        for f in sorted(filenames):
-            if not ignored_name(f):
-                yield Path(dirpath) / f
-
-
 def _rel(root: Path, p: Path) -> str:
     return p.relative_to(root).as_posix()
 
 
-def _folder_items(root: Path, d: DomainSpec, split: str) -> list[_Item]:
-    ddir = _domain_dir(root, d)
+def _refused_notes(root: Path, refused: Iterable[Refused], domain: str | None = None,
+                   class_folder: str | None = None) -> list[dict]:
+    """One ``excluded`` note per entry the walk refused (a link, a control-character name, a special file)."""
+    cls = display_name(class_folder) if class_folder is not None else None
+    return [_note("excluded", r.kind, domain, cls, shown(_rel(root, r.path)), f"{shown(_rel(root, r.path))} "
+                  f"{r.detail}") for r in refused]
+
+
+def _folder_items(root: Path, d: DomainSpec, split: str, notes: list[dict]) -> list[_Item]:
+    """Items below domain ``d``'s folder: one per file of each class folder, walked without following links."""
+    ddir = domain_dir(root, d)
     if ddir is None:
         return []
     base = ddir
-    kids = [p for p in ddir.iterdir() if not ignored_name(p.name)]
-    if [p.name for p in kids] == ["images"] and kids[0].is_dir():  # Office-31 before normalisation
-        base = kids[0]
+    kids, refused = scan(ddir)
+    if not refused and [p.name for p, _ in kids] == ["images"] and kids[0][1]:  # Office-31 before normalisation
+        base = kids[0][0]
+        kids, refused = scan(base)
+    notes += _refused_notes(root, refused, d.key)
     items: list[_Item] = []
-    for entry in sorted(p for p in base.iterdir() if not ignored_name(p.name)):
-        if entry.is_dir():
-            items += [_Item(_rel(root, f), d.key, entry.name, split) for f in _walk_files(entry)]
-        elif entry.is_file():
+    for entry, is_dir in kids:
+        if is_dir:
+            inside: list[Refused] = []
+            items += [_Item(_rel(root, f), d.key, entry.name, split) for f in walk_files(entry, inside)]
+            notes += _refused_notes(root, inside, d.key, entry.name)
+        else:
             items.append(_Item(_rel(root, entry), d.key, None, split,
                                problem="no_class: file is not inside a class folder"))
     return items
+
+
+def _root_notes(root: Path, spec: DatasetSpec) -> list[dict]:
+    """Notes on ``root``'s own entries: links and bad names refused, unknown folders ignored."""
+    kids, refused = scan(root)
+    known = {f for d in spec.domains for f in d.all_folders}
+    notes = []
+    for r in refused:
+        notes += _refused_notes(root, [r], next((d.key for d in spec.domains if r.path.name in d.all_folders), None))
+    if spec.layout != "split_files":
+        notes += [_note("info", "unknown_folder", None, None, p.name, f"folder is not a domain of {spec.name}; ignored")
+                  for p, is_dir in kids if is_dir and p.name not in known]
+    return notes
 
 
 def _parse_list(list_file: Path, prefix: str, notes: list[dict], domain: str) -> list[tuple[str, int]]:
@@ -103,26 +116,37 @@ def _parse_list(list_file: Path, prefix: str, notes: list[dict], domain: str) ->
     return out
 
 
+def _refuse_linked_list(root: Path, spec: DatasetSpec, rel: str) -> None:
+    """A split file reached through a link would be read from wherever the link points: an error naming it."""
+    if (link := link_on_path(root, rel)) is not None:
+        raise DatasetLayoutError(f"{root / shown(link)}: is a symbolic link (on the path of the {spec.name} "
+                                 f"split file {rel}); {LINK_FIX}")
+
+
 def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Item]:
     """Items of image_list (VisDA) and split_files (DomainNet) layouts; unlisted files are counted."""
     items: list[_Item] = []
     seen: set[str] = set()
+    links: dict[str, str | None] = {}  # folder -> first link on its path (see link_on_path)
     for d in spec.domains:
-        ddir = _domain_dir(root, d)
+        ddir = domain_dir(root, d)
         folder = ddir.name if ddir is not None else d.folder
         lists: list[tuple[Path, str, str]] = []  # (file, split, path prefix)
         if spec.layout == "image_list":
             lf = root / folder / spec.split_file
+            _refuse_linked_list(root, spec, f"{folder}/{spec.split_file}")
             if lf.is_file():
                 lists.append((lf, d.split or "all", f"{folder}/"))
             elif ddir is not None:
                 notes.append(_note("info", "no_image_list", d.key, None, _rel(root, ddir),
                                    f"{spec.split_file} not found; labels taken from the class folders"))
-                items += _folder_items(root, d, d.split or "all")
+                items += _folder_items(root, d, d.split or "all", notes)
                 continue
         else:
             for s in spec.splits:
-                lf = root / spec.split_file.format(domain=folder, split=s)
+                rel_lf = spec.split_file.format(domain=folder, split=s)
+                lf = root / rel_lf
+                _refuse_linked_list(root, spec, rel_lf)
                 if not lf.is_file():
                     raise DatasetLayoutError(
                         f"{lf}: split file missing for {spec.name} domain {d.key!r} split {s!r}. Get it from "
@@ -136,6 +160,8 @@ def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Ite
                 it = _Item(path, d.key, cls, split, label)
                 if path in seen:
                     it.problem = f"duplicate_listing: listed more than once (again in {lf.name})"
+                elif (link := link_on_path(root, path, links)) is not None:
+                    it.problem = f"symlink: listed in {lf.name}, but {shown(link)} is a symbolic link; {LINK_FIX}"
                 elif not (root / path).is_file():
                     it.problem = f"missing_file: listed in {lf.name} but not on disk"
                 elif parts[0] != folder:
@@ -145,7 +171,10 @@ def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Ite
                 items.append(it)
         if ddir is not None:
             listfiles = {_rel(root, lf) for lf, _, _ in lists}
-            unlisted = [r for f in _walk_files(ddir) if (r := _rel(root, f)) not in listed and r not in listfiles]
+            refused: list[Refused] = []
+            unlisted = [r for f in walk_files(ddir, refused)
+                        if (r := _rel(root, f)) not in listed and r not in listfiles]
+            notes += _refused_notes(root, (r for r in refused if _rel(root, r.path) not in listed), d.key)
             if unlisted:
                 ex = ", ".join(unlisted[:3])
                 notes.append(_note("info", "not_listed", d.key, None, None,
@@ -252,8 +281,9 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
 
     Raises :class:`~dapl.datasets.errors.IncompleteDatasetError` when a domain has fewer images than the
     registry expects (``check_counts=False``: a deliberate subset, recorded as ``incomplete_domain``
-    warnings), and :class:`DatasetLayoutError` for a wrapped ``folder`` tree or class folders whose names
-    collide once normalised.
+    warnings), and :class:`DatasetLayoutError` for a wrapped ``folder`` tree or a ``root`` one level above the
+    dataset (both naming the folder to pass), a split file reached through a link, class folders whose names
+    collide once normalised, or no file found at all (never an empty manifest, whatever ``check_counts``).
     """
     spec = name if isinstance(name, DatasetSpec) else get_spec(name)
     root = Path(root)
@@ -266,7 +296,8 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
     if spec.name == "folder" and (w := wrapper_folder(root)) is not None:
         raise DatasetLayoutError(wrapper_message(root, w, "index"))
     spec = discover(spec, root)
-    notes: list[dict] = []
+    check_root(spec, root, "index")
+    notes: list[dict] = _root_notes(root, spec)
     if check_counts:
         check_counts_on(spec, root, "index")
     else:
@@ -276,12 +307,9 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
     if spec.layout in ("image_list", "split_files"):
         items = _listed_items(root, spec, notes)
     else:
-        items = [it for d in spec.domains for it in _folder_items(root, d, "all")]
-    known = {f for d in spec.domains for f in d.all_folders}
-    for p in sorted(root.iterdir()):
-        if p.is_dir() and not ignored_name(p.name) and p.name not in known and spec.layout != "split_files":
-            notes.append(_note("info", "unknown_folder", None, None, p.name,
-                               f"folder is not a domain of {spec.name}; ignored"))
+        items = [it for d in spec.domains for it in _folder_items(root, d, "all", notes)]
+    if not items:
+        raise DatasetLayoutError(_nothing_found(root, spec, notes))
     folders, index = _assign_classes(spec, items)
     _check_collisions(root, folders, items)
     todo = [i for i, it in enumerate(items) if it.problem is None]
@@ -295,7 +323,8 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
                 results[i] = res
     rows = []
     for i, item in enumerate(items):
-        res = results.get(i) or _stat_only(root / item.path)
+        linked = (item.problem or "").startswith("symlink:")  # never stat through a link
+        res = results.get(i) or _stat_only(None if linked else root / item.path)
         problem = item.problem or res["problem"]
         cidx = index.get(item.class_folder, -1) if item.class_folder is not None else -1
         rows.append({
@@ -312,12 +341,24 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
           .sort(["_rank", "path"]).drop("_rank"))
     return Manifest(df=df, root=root, dataset=spec.name, classes=[display_name(f) for f in folders],
                     class_folders=list(folders), domains=[d.key for d in spec.domains],
-                    domain_folders=[(_domain_dir(root, d) or root / d.folder).name for d in spec.domains],
+                    domain_folders=[(domain_dir(root, d) or root / d.folder).name for d in spec.domains],
                     metric=spec.metric, tau=spec.tau, notes=notes)
 
 
-def _stat_only(path: Path) -> dict:
+def _nothing_found(root: Path, spec: DatasetSpec, notes: list[dict]) -> str:
+    """Why an index found no file at all (an empty manifest is never written, even for a subset)."""
+    want = ", ".join(dict.fromkeys(d.folder for d in spec.domains)) or "<domain>/<class>/<image>"
+    refused = [n for n in notes if n["severity"] == "excluded"]
+    why = f"; {len(refused)} entr(ies) refused, e.g. {refused[0]['detail']}" if refused else ""
+    return (f"--root {root}: no image file found for {spec.name} (looked for {want}){why}; nothing to index, "
+            f"so no manifest is written (not even with --allow-incomplete). Pass the folder that holds the dataset "
+            f"as --root, or run `dapl data fetch {spec.name} --root {root}`")
+
+
+def _stat_only(path: Path | None) -> dict:
     out = {"file_size": None, "sha256": None, "width": None, "height": None, "mode": None, "problem": None}
+    if path is None:
+        return out
     try:
         out["file_size"] = path.stat().st_size
         out["sha256"] = sha256_file(path) if out["file_size"] else None

@@ -290,9 +290,12 @@ def get_spec(name: str) -> DatasetSpec:
 
 
 def _subdirs(path: Path) -> list[str]:
-    if not path.is_dir():
+    """Real sub-folders of ``path``, sorted: links and control-character names are never domains or classes."""
+    from dapl.datasets.tree import plain_dir, scan  # lazy: tree imports this module
+
+    if not plain_dir(path):
         return []
-    return sorted(p.name for p in path.iterdir() if p.is_dir() and not ignored_name(p.name))
+    return [p.name for p, is_dir in scan(path)[0] if is_dir]
 
 
 def discover(spec: DatasetSpec, root: Path) -> DatasetSpec:
