@@ -69,3 +69,12 @@ def blob_world(tmp_path_factory) -> Path:
             for i in range(12):
                 draw(COLORS[c], style, rng).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def rn50(tmp_path_factory):
+    """One random full-size OpenAI RN50 (as ``convert_weights`` leaves it) and its state-dict and TorchScript
+    files (tests/standins.py), built once per session: ``(model, {format: path})``."""
+    from tests.standins import build_openai_files
+
+    return build_openai_files(tmp_path_factory.mktemp("openai-rn50"), "RN50")

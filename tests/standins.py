@@ -137,9 +137,10 @@ def odd_image(i: int, seed: int = 0) -> tuple[str, bytes]:
     return ".jpg", buf.getvalue()
 
 
-def office_home_zip(folder: Path, classes: int = 65, per_class: int = 1) -> Path:
+def office_home_zip(folder: Path, classes: int | dict[str, int] = 65, per_class: int = 1) -> Path:
     """``OfficeHomeDataset_10072016.zip`` as released: the wrapper folder, four domains (``Real World`` with its
-    space), all 65 class folders in each, ``per_class`` images in the first ``classes`` of them, ImageInfo.csv."""
+    space), all 65 class folders in each, ``per_class`` images in the first ``classes`` of them (a number for
+    every domain or ``{domain: number}``), ImageInfo.csv."""
     import zipfile
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,9 +148,10 @@ def office_home_zip(folder: Path, classes: int = 65, per_class: int = 1) -> Path
     n = 0
     with zipfile.ZipFile(path, "w") as zf:
         for dom in OFFICE_HOME_DOMAINS:
+            filled = classes.get(dom, 0) if isinstance(classes, dict) else classes
             for c, cls in enumerate(OFFICE_HOME_CLASS_FOLDERS):
                 zf.writestr(f"OfficeHomeDataset_10072016/{dom}/{cls}/", "")
-                for k in range(per_class if c < classes else 0):
+                for k in range(per_class if c < filled else 0):
                     suffix, data = odd_image(n)
                     zf.writestr(f"OfficeHomeDataset_10072016/{dom}/{cls}/{k + 1:05d}{suffix}", data)
                     n += 1

@@ -19,14 +19,8 @@ from dapl.config import ModelConfig
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
 from dapl.models import CheckpointMismatchError, load_clip, weights_digest
-from tests.standins import FORMATS, build_openai_files
+from tests.standins import FORMATS
 from tests.tolerances import assert_close
-
-
-@pytest.fixture(scope="session")
-def rn50(tmp_path_factory) -> tuple[torch.nn.Module, dict[str, Path]]:
-    """One random OpenAI RN50 (as ``convert_weights`` leaves it) and its two files, built once per session."""
-    return build_openai_files(tmp_path_factory.mktemp("openai-rn50"), "RN50")
 
 
 @pytest.fixture(scope="session")
