@@ -82,7 +82,9 @@ def run_variant(name: str, args: argparse.Namespace, scratch: Path) -> tuple[dic
         cmd += ["--pairs", args.pairs]
     t0 = time.perf_counter()
     with cpu_load(load):
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, cwd=PROJECT_ROOT)
+        done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, cwd=PROJECT_ROOT)
+    if done.returncode:  # its own one-line error is above (stderr is not captured)
+        raise SystemExit(f"variant {name}: `dapl benchmark` exited {done.returncode}")
     rows = pl.read_csv(out / "runs" / "benchmark_runs.csv").to_dicts()
     return {f"{r['pair']} {r['method']} seed{r['seed']}": float(r["accuracy"]) for r in rows}, \
         time.perf_counter() - t0
@@ -103,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             results[name], secs = run_variant(name, a, Path(tmp))
             print(f"{name}: {len(results[name])} runs in {secs:.0f} s", file=sys.stderr)
     base = results[names[0]]
-    rows = [[run, *[results[n].get(run) for n in names]] for run in base]
+    rows = [[run, *[f"{results[n][run]:.2f}" if run in results[n] else "" for n in names]] for run in base]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores\n")
     print(md_table(["run", *names], rows))
     for n in names[1:]:
         diff = max(abs(results[n][r] - base[r]) for r in base)
-        print(f"\n{n}: largest difference to {names[0]}: {diff:.2f} points"
+        print(f"\n{n}: largest difference to {names[0]}: {diff:.4f} points"
               f"{' (identical)' if diff == 0 else ''}")
     return 0
 

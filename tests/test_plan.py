@@ -148,3 +148,20 @@ def test_diverged_runs_names_each_flagged_run_once():
     assert diverged_runs(rows) == ["clipart->art dapl seed 3"]
     assert diverged_warning(diverged_runs(rows)).endswith("1 run(s) diverged (see their metrics.json; tag "
                                                           "dapl.diverged in MLflow): clipart->art dapl seed 3")
+
+
+def test_dvc_lock_records_the_data_that_data_dvc_tracks():
+    """The committed dvc.lock's dataset dependency must describe the bytes data.dvc tracks (the toy world, which a
+    fresh clone regenerates): a stale entry makes every `dvc repro` rewrite dvc.lock and every later run dirty."""
+    import yaml
+
+    from dapl.paths import PROJECT_ROOT
+
+    data = yaml.safe_load((PROJECT_ROOT / "data.dvc").read_text())["outs"][0]
+    lock = yaml.safe_load((PROJECT_ROOT / "dvc.lock").read_text())
+    root = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())["dapl"]["data"]["root"]
+    assert root.startswith(data["path"] + "/"), (root, data["path"])
+    entries = [d for stage in lock["stages"].values() for d in stage.get("deps", []) if d["path"] == root]
+    assert entries, f"no stage of dvc.lock depends on {root}"
+    for dep in entries:  # the same files: a folder one level down has the same size and count
+        assert (dep["size"], dep["nfiles"]) == (data["size"], data["nfiles"]), dep

@@ -397,6 +397,7 @@ def generate_world(
     size: int = 64,
     domains: tuple[str, ...] = TOY_DOMAINS,
     workers: int | None = None,
+    progress: str | bool = "auto",
 ) -> dict:
     """Write ``root/<domain>/<class>/<idx>.png`` for every domain and class; the bytes depend only on
     (seed, images_per_class, size) and the pinned Pillow/numpy/zlib.
@@ -410,11 +411,14 @@ def generate_world(
     t0 = time.perf_counter()
     jobs = [(str(root), seed, d, c, images_per_class, size) for d in domains for c in range(len(TOY_CLASSES))]
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    from dapl.progress import track
+
+    show = {"desc": f"generate toy world in {root}", "unit": "folder", "total": len(jobs), "mode": progress}
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            counts = list(pool.map(_write_cell, jobs, chunksize=1))
+            counts = list(track(pool.map(_write_cell, jobs, chunksize=1), **show))
     else:
-        counts = [_write_cell(j) for j in jobs]
+        counts = list(track(map(_write_cell, jobs), **show))
     return {
         "root": str(root),
         "seed": seed,
