@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dapl-determinism-") as tmp:
         for name in names:
             results[name], secs = run_variant(name, a, Path(tmp))
-            print(f"{name}: {len(results[name])} runs in {secs:.0f} s", file=sys.stderr)
+            print(f"{name}: {len(results[name])} runs in {secs:.0f} s: "
+                  + ", ".join(f"{r} {v:.2f}" for r, v in results[name].items()), file=sys.stderr)
     base = results[names[0]]
     rows = [[run, *[f"{results[n][run]:.2f}" if run in results[n] else "" for n in names]] for run in base]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores\n")
