@@ -52,17 +52,9 @@ def flagged_runs(rows: list[dict], flag: str = "diverged") -> list[str]:
     return [f"{r['pair']} {r['method']} seed {r['seed']}" for r in rows if r.get(flag)]
 
 
-def diverged_runs(rows: list[dict]) -> list[str]:
-    return flagged_runs(rows, "diverged")
-
-
 def flag_warning(names: list[str], flag: str = "diverged") -> str:
     """The one warning line for the runs ``flagged_runs`` named."""
     return f"warning: {len(names)} run(s) {FLAGS[flag]}: {', '.join(names)}"
-
-
-def diverged_warning(names: list[str]) -> str:
-    return flag_warning(names, "diverged")
 
 
 def run_warnings(rows: list[dict]) -> list[str]:

@@ -18,7 +18,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from dapl.benchmark import diverged_runs, run_warnings
+from dapl.benchmark import flagged_runs, run_warnings
 from dapl.paths import TOY_CHECKPOINT, file_sha256
 from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
 from flows import plan, runners
@@ -236,6 +236,6 @@ def dapl(
     for line in warnings:  # a WARNING record: the console and the run's log both show it once
         log.warning(line)
     return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
-            "diverged": diverged_runs(rows), "warnings": warnings, "files": summary["files"],
+            "diverged": flagged_runs(rows, "diverged"), "warnings": warnings, "files": summary["files"],
             "plots": summary["plots"], "parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
             "runs": len(rows), "cached": cached, "orphans_marked_failed": swept}

@@ -140,14 +140,14 @@ def test_env_sh_sets_the_python_env_defaults():
 
 
 def test_diverged_runs_names_each_flagged_run_once():
-    from dapl.benchmark import diverged_runs, diverged_warning
+    from dapl.benchmark import flag_warning, flagged_runs
 
     rows = [{"pair": "clipart->art", "method": "dapl", "seed": 3, "diverged": True},
             {"pair": "clipart->art", "method": "dapl", "seed": 1, "diverged": False},
             {"pair": "real->art", "method": "zero_shot", "seed": 1}]
-    assert diverged_runs(rows) == ["clipart->art dapl seed 3"]
-    assert diverged_warning(diverged_runs(rows)).endswith("1 run(s) diverged (see their metrics.json; tag "
-                                                          "dapl.diverged in MLflow): clipart->art dapl seed 3")
+    assert flagged_runs(rows, "diverged") == ["clipart->art dapl seed 3"]
+    assert flag_warning(flagged_runs(rows, "diverged"), "diverged").endswith(
+        "1 run(s) diverged (see their metrics.json; tag dapl.diverged in MLflow): clipart->art dapl seed 3")
 
 
 def test_dvc_lock_records_the_data_that_data_dvc_tracks():
