@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dapl.losses import dapl_loss, masked_mean
+from dapl.model import DaplModel, normalize
 from dapl.models import ClipBundle
 from dapl.prompts import PromptLearner
 from dapl.pseudo_labels import pseudo_label, zero_shot_text
@@ -88,15 +89,15 @@ def official_loss(model: OfficialCLIP, batch: Batch, tau: float, src_domain: int
     return loss_x + loss_u, out_x, out_u
 
 
-def ours_logits_and_loss(learner: PromptLearner, bundle: ClipBundle, zs_text: torch.Tensor, f_src: torch.Tensor,
+def ours_logits_and_loss(model: DaplModel, zs_text: torch.Tensor, f_src: torch.Tensor,
                          y_src: torch.Tensor, f_tgt: torch.Tensor, tau: float, chunk: int = 0,
                          src_domain: int = 0, tgt_domain: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Our step's computation on image features: one prompt forward, shared by both halves; pseudo-labels from
     the cached zero-shot text features. Also returns the logits in the official layout for the comparison."""
-    scale = bundle.logit_scale
-    text = F.normalize(learner.text_features(chunk=chunk), dim=-1)
+    scale = model.logit_scale
+    text = model.text_features(chunk=chunk)
     pl = pseudo_label(f_tgt, zs_text, scale, tau)
-    s, t = F.normalize(f_src, dim=-1), F.normalize(f_tgt, dim=-1)
+    s, t = normalize(f_src), normalize(f_tgt)
     dev = f_src.device
     loss, _ = dapl_loss(text, scale, s, torch.full_like(y_src, src_domain), y_src,
                         tgt_img=t, tgt_dom=torch.full((len(t),), tgt_domain, device=dev),
@@ -127,7 +128,7 @@ EQUIV_HEADERS = ["setting", "max abs Δ logit", "max logit", "loss (official)", 
                  "max grad", "pseudo-labels agree", "equal"]
 
 
-def check_equivalence(bundle: ClipBundle, learner: PromptLearner, batch: Batch, tau: float = 0.0,
+def check_equivalence(bundle: ClipBundle, model: DaplModel, batch: Batch, tau: float = 0.0,
                       template: str = "a photo of a {}.", rtol: float = 1e-4, grad_rtol: float = 1e-3,
                       chunk: int = 0) -> Equivalence:
     """Both structures on the same pixels and the same context: logits, loss and context gradients must agree.
@@ -135,15 +136,16 @@ def check_equivalence(bundle: ClipBundle, learner: PromptLearner, batch: Batch, 
     Ours gets the image features the feature cache would store (the frozen image encoder on the same pixels,
     fp32 here so the comparison is about the structure, not the cache's fp16 rounding).
     """
+    learner = model.prompts
     official = OfficialCLIP(bundle, learner, template)
-    params = [p for p in learner.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
     loss_o, out_x, out_u = official_loss(official, batch, tau)
     g_o = torch.autograd.grad(loss_o, params)
     with torch.no_grad():
         f_src = bundle.model.encode_image(batch.x_src).float()
         f_tgt = bundle.model.encode_image(batch.x_tgt).float()
     zs = zero_shot_text(bundle, learner.classnames, template)
-    loss_u, lx, lu = ours_logits_and_loss(learner, bundle, zs, f_src, batch.y_src, f_tgt, tau, chunk=chunk)
+    loss_u, lx, lu = ours_logits_and_loss(model, zs, f_src, batch.y_src, f_tgt, tau, chunk=chunk)
     g_u = torch.autograd.grad(loss_u, params)
     out_x, out_u, lx, lu, loss_o, loss_u = (t.detach() for t in (out_x, out_u, lx, lu, loss_o, loss_u))
     d_logit = max(float((lx - out_x).abs().max()), float((lu - out_u).abs().max()))

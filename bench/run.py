@@ -42,9 +42,9 @@ from bench.step import (  # noqa: E402
     StepResult,
     compare_steps,
     epoch_estimate,
-    learner_for,
     make_batch,
     measure_our_eval,
+    model_for,
 )
 from dapl.config import ModelConfig  # noqa: E402
 from dapl.features import resolve_precision  # noqa: E402
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         names = classnames(Kc)
         batch = make_batch(bundle, Kc, 8, 8, seed=3)
         for setting in SETTINGS.values():
-            eq = check_equivalence(bundle, learner_for(bundle, names, ["source", "target"], setting), batch)
+            eq = check_equivalence(bundle, model_for(bundle, names, ["source", "target"], setting), batch)
             eq_rows.append([short, Kc, *eq.row()])
             print(f"[equivalence] {short} K={Kc} {setting}: max |Δlogit| {eq.logits_max_abs:.2e}, "
                   f"max |Δgrad| {eq.grad_max_abs:.2e} -> {'OK' if eq.ok else 'MISMATCH'}", flush=True)
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = first_bundle
     Kp = max(Ks)
     for v, setting in SETTINGS.items():
-        step = OursStep(bundle, learner_for(bundle, classnames(Kp), ["source", "target"], setting))
+        step = OursStep(bundle, model_for(bundle, classnames(Kp), ["source", "target"], setting))
         phase_md, op_md, per_step = profile_step(step)
         rep.add(f"Profile of our step: {first}, K = {Kp}, {v} context ({per_step:.3f} s/step under the profiler)",
                 phase_md + "\n\n" + op_md)

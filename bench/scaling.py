@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import Samples, domain_names, interleaved
-from bench.step import OursStep, learner_for
+from bench.step import OursStep, model_for
 from dapl.models import ClipBundle
 from dapl.prompts import PromptLearner
 
@@ -57,11 +57,11 @@ def auto_chunk(setting: str, K: int, D: int, limit_prompts: int = 1024) -> int:
 
 def run_point(bundle: ClipBundle, names: list[str], D: int, setting: str, reps: int) -> ScalePoint:
     full = {"unified": "unified_domain", "csc": "class_specific_domain"}[setting]
-    learner = learner_for(bundle, names, domain_names(D), full)
+    model = model_for(bundle, names, domain_names(D), full)
     chunk = auto_chunk(setting, len(names), D)
-    step = OursStep(bundle, learner, chunk=chunk)
+    step = OursStep(bundle, model, chunk=chunk)
     samples, _ = interleaved({"step": step}, reps, bundle.device)
-    return ScalePoint(setting, len(names), D, chunk, prompt_tokens(learner), samples["step"])
+    return ScalePoint(setting, len(names), D, chunk, prompt_tokens(model.prompts), samples["step"])
 
 
 # -- DomainNet scale: memory-mapped cached views ------------------------------------------------------------------
@@ -92,7 +92,7 @@ def domainnet_memmap(bundle: ClipBundle, folder: Path, reps: int = 10, spec: dic
     import torch
 
     from bench.common import peak, reset_peak, rss_gib
-    from dapl.train import CachedViews
+    from dapl.views import CachedViews
 
     s = {**DOMAINNET, **(spec or {})}
     n, E, V, K, D = s["n"], s["E"], s["views"], s["K"], s["D"]
@@ -104,8 +104,8 @@ def domainnet_memmap(bundle: ClipBundle, folder: Path, reps: int = 10, spec: dic
     reset_peak(bundle.device)
     before = rss_gib()
     names = [f"class {i}" for i in range(K)]
-    learner = learner_for(bundle, names, domain_names(D), "unified_domain")
-    step = OursStep(bundle, learner, n_images=64, views=1)
+    model = model_for(bundle, names, domain_names(D), "unified_domain")
+    step = OursStep(bundle, model, n_images=64, views=1)
     maps = [np.load(p, mmap_mode="r") for p in paths]
     g = torch.Generator().manual_seed(0)
     step.src, step.tgt = CachedViews(maps, bundle.device), CachedViews(maps, bundle.device)

@@ -1,7 +1,7 @@
 """Training step and epoch: our step vs the released code's structure, side by side on one frozen CLIP.
 
-Ours (``dapl.train.TrainStep``, the step ``Trainer`` runs): batch features gathered from cached augmented views,
-zero-shot pseudo-labels from cached text features, ONE prompt-encoder forward/backward over all D·K prompts
+Ours (``dapl.train.TrainStep``, the step ``dapl.train.train`` runs): batch features gathered from cached augmented
+views, zero-shot pseudo-labels from cached text features, ONE prompt-encoder forward/backward over all D·K prompts
 (shared-prefix or cut after EOT) shared by both halves of the batch, two small matrix products, SGD. Official: two
 full model forwards (image encoder on the 32 + 32 images, text encoder over 2K + K prompts at 77 tokens each time).
 """
@@ -12,15 +12,15 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from bench.common import Samples, interleaved, timed
 from bench.official import Batch, OfficialCLIP, official_loss
-from dapl.config import PromptConfig, PromptSetting
+from dapl.config import PromptConfig, PromptSetting, PseudoLabelConfig, TrainConfig
+from dapl.model import DaplModel
 from dapl.models import ClipBundle
-from dapl.prompts import PromptLearner
 from dapl.pseudo_labels import zero_shot_text
-from dapl.train import CachedViews, TrainStep, predict_own_domain
+from dapl.train import Side, TrainStep
+from dapl.views import CachedViews
 
 SGD = {"lr": 0.003, "momentum": 0.9, "weight_decay": 5e-4}
 TEST_BATCH_OFFICIAL = 128  # DATALOADER.TEST.BATCH_SIZE of the released configs
@@ -35,11 +35,12 @@ def make_batch(bundle: ClipBundle, K: int, bs: int = 32, bt: int = 32, seed: int
                  torch.randn(bt, 3, s, s, generator=g).to(dev))
 
 
-def learner_for(bundle: ClipBundle, classnames: list[str], domains: list[str], setting: str, m1: int = 16,
-                m2: int = 16, seed: int = 1) -> PromptLearner:
-    learner = PromptLearner(bundle, classnames, domains, PromptConfig.for_setting(PromptSetting(setting), m1, m2))
-    learner.reset_parameters(seed)
-    return learner
+def model_for(bundle: ClipBundle, classnames: list[str], domains: list[str], setting: str, m1: int = 16,
+              m2: int = 16, seed: int = 1) -> DaplModel:
+    model = DaplModel(bundle, classnames, domains, PromptConfig.for_setting(PromptSetting(setting), m1, m2),
+                      PseudoLabelConfig().template)
+    model.prompts.reset_parameters(seed)
+    return model
 
 
 class OursStep:
@@ -49,12 +50,12 @@ class OursStep:
     learning rate (no schedule). The step's phases are annotated for ``bench/profile.py``.
     """
 
-    def __init__(self, bundle: ClipBundle, learner: PromptLearner, n_images: int = 1024, views: int = 8,
+    def __init__(self, bundle: ClipBundle, model: DaplModel, n_images: int = 1024, views: int = 8,
                  bs: int = 32, bt: int = 32, tau: float = 0.0, chunk: int = 0, loss: str = "kway") -> None:
-        self.bundle, self.learner = bundle, learner
+        self.bundle, self.model = bundle, model
         self.bs, self.bt, self.tau, self.chunk, self.loss = bs, bt, tau, chunk, loss
         dev = bundle.device
-        E, K, D = bundle.embed_dim, learner.n_classes, learner.n_domains
+        E, K, D = bundle.embed_dim, len(model.classnames), len(model.domains)
         g = torch.Generator().manual_seed(0)
         src = CachedViews(torch.randn(views, n_images, E, generator=g).half(), dev)
         tgt = CachedViews(torch.randn(views, n_images, E, generator=g).half(), dev)
@@ -62,10 +63,11 @@ class OursStep:
         # sources: every domain but the last (multi-source when D > 2); target: the last domain
         src_d = torch.randint(max(1, D - 1), (n_images,), generator=g).to(dev)
         tgt_d = torch.full((n_images,), D - 1, device=dev)
-        self.scale = bundle.logit_scale.to(dev)
-        self.opt = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], **SGD)
-        self.step = TrainStep(learner, self.opt, self.scale, loss, chunk, src, src_y, src_d, tgt, tgt_d,
-                              zero_shot_text(bundle, learner.classnames), tau)
+        unlabelled = torch.full((n_images,), -1, device=dev)
+        self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD)
+        tc = TrainConfig(loss=loss, text_chunk=chunk, max_grad_norm=0.0)
+        self.step = TrainStep(model, self.opt, None, tc, Side(src, src_y, src_d), Side(tgt, unlabelled, tgt_d),
+                              zero_shot_text(bundle, model.classnames, PseudoLabelConfig().template), tau)
         self.gen = torch.Generator().manual_seed(1)
         self.n = n_images
 
@@ -76,19 +78,18 @@ class OursStep:
 
     @torch.no_grad()
     def evaluate(self, feats: torch.Tensor) -> torch.Tensor:
-        """The per-epoch evaluation of ``Trainer._evaluate``: prompts once, one product over cached features."""
-        text = F.normalize(self.learner.text_features(chunk=self.chunk), dim=-1)
-        dom = torch.full((feats.shape[0],), self.learner.n_domains - 1, device=feats.device)
-        return predict_own_domain(feats, dom, text, self.scale)[0]
+        """The per-epoch evaluation of ``dapl.train``: prompts once, one product over cached features."""
+        dom = torch.full((feats.shape[0],), len(self.model.domains) - 1, device=feats.device)
+        return self.model.predict(feats, dom, self.model.text_features(chunk=self.chunk))[0]
 
 
 class OfficialStep:
     """``DAPL.forward_backward`` of the released code (fp32), on pixels already in memory."""
 
-    def __init__(self, bundle: ClipBundle, learner: PromptLearner, batch: Batch, tau: float = 0.0) -> None:
-        self.model = OfficialCLIP(bundle, learner)
+    def __init__(self, bundle: ClipBundle, model: DaplModel, batch: Batch, tau: float = 0.0) -> None:
+        self.model = OfficialCLIP(bundle, model.prompts)
         self.batch, self.tau = batch, tau
-        self.opt = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], **SGD)
+        self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], **SGD)
 
     def __call__(self) -> float:
         loss, _, _ = official_loss(self.model, self.batch, self.tau)
@@ -133,12 +134,12 @@ def compare_steps(bundle: ClipBundle, model_name: str, classnames: list[str], re
     reps: dict[str, int] = {}
     official: dict[str, OfficialStep] = {}
     for v in official_variants:
-        official[v] = OfficialStep(bundle, learner_for(bundle, classnames, domains, SETTINGS[v]), batch, tau)
+        official[v] = OfficialStep(bundle, model_for(bundle, classnames, domains, SETTINGS[v]), batch, tau)
         fns[f"official {v}"] = official[v]
         reps[f"official {v}"] = reps_official
     ours = {}
     for v, setting in SETTINGS.items():
-        ours[v] = OursStep(bundle, learner_for(bundle, classnames, domains, setting), tau=tau)
+        ours[v] = OursStep(bundle, model_for(bundle, classnames, domains, setting), tau=tau)
         fns[f"ours {v}"] = ours[v]
         reps[f"ours {v}"] = reps_ours
     samples, load = interleaved(fns, reps, bundle.device)

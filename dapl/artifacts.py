@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
 from dapl.config import DaplConfig
 from dapl.datasets.loader import to_rgb
 from dapl.errors import UserError
-from dapl.losses import clip_logits
+from dapl.model import DaplModel
 from dapl.models import ClipBundle, eval_transform, load_clip
 from dapl.prompts import PromptLearner
 
@@ -80,6 +79,16 @@ def load_prompts(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def load_model(prompt_dir: str | Path, bundle: ClipBundle, meta: dict | None = None) -> DaplModel:
+    """The classifier saved in ``prompt_dir``, rebuilt over ``bundle`` (the CLIP it was trained on)."""
+    tensors, saved_meta = load_prompts(prompt_dir)
+    meta = meta or saved_meta
+    cfg = DaplConfig.model_validate(meta["config"])
+    model = DaplModel(bundle, meta["classnames"], meta["domains"], cfg.prompt, cfg.pseudo.template)
+    model.prompts.load_context(tensors)
+    return model
+
+
 def _token_strings(bundle: ClipBundle) -> list[str]:
     dec = bundle.tokenizer.decoder
     return [dec.get(i, f"<{i}>").replace("</w>", " ").strip() or f"<{i}>" for i in range(len(dec))]
@@ -131,34 +140,31 @@ def format_nearest(decoded: dict, top: int = 1) -> str:
 class AdaptedClassifier:
     """A frozen CLIP + learned prompts that classifies new images with one domain's prompts."""
 
-    def __init__(self, bundle: ClipBundle, learner: PromptLearner, domain: str | None = None):
-        self.bundle, self.learner = bundle, learner
-        self.domain = domain or learner.domains[-1]
-        if self.domain not in learner.domains:
-            raise ValueError(f"domain {self.domain!r} not among the prompts' domains {learner.domains}")
+    def __init__(self, bundle: ClipBundle, model: DaplModel, domain: str | None = None):
+        self.bundle, self.model = bundle, model
+        self.domain = domain or model.domains[-1]
+        if self.domain not in model.domains:
+            raise ValueError(f"domain {self.domain!r} not among the prompts' domains {model.domains}")
         with torch.no_grad():
-            text = F.normalize(learner.text_features(), dim=-1)
-        self.text = text[learner.domains.index(self.domain)]  # [K, E]
+            self.text = model.text_features()[model.domains.index(self.domain)]  # [K, E]
         self.transform = eval_transform(bundle)
 
     @classmethod
     def load(cls, prompt_dir: str | Path, domain: str | None = None, device: str | None = None,
              model_overrides: dict | None = None) -> AdaptedClassifier:
         """From a folder written by :func:`save_prompts`; the model is loaded from the saved config."""
-        tensors, meta = load_prompts(prompt_dir)
+        _, meta = load_prompts(prompt_dir)
         if str(meta.get("model_identity", "")).endswith(":random"):
             raise ValueError(f"{prompt_dir}: these prompts were learned on a randomly initialised CLIP, which "
                              "cannot be rebuilt; train with model.pretrained set to a weights file or tag")
         cfg = DaplConfig.model_validate(meta["config"])
         mcfg = cfg.model.model_copy(update={**(model_overrides or {}), **({"device": device} if device else {})})
         bundle = load_clip(mcfg)
-        learner = PromptLearner(bundle, meta["classnames"], meta["domains"], cfg.prompt, cfg.pseudo.template)
-        learner.load_context(tensors)
-        return cls(bundle, learner, domain)
+        return cls(bundle, load_model(prompt_dir, bundle, meta), domain)
 
     @property
     def classnames(self) -> list[str]:
-        return self.learner.classnames
+        return self.model.classnames
 
     @torch.no_grad()
     def predict_proba(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64) -> np.ndarray:
@@ -168,8 +174,8 @@ class AdaptedClassifier:
             for im in images[i:i + batch_size]:
                 img = read_image(im) if isinstance(im, str | Path) else im
                 batch.append(self.transform(img.convert("RGB")))
-            f = F.normalize(self.bundle.encode_images(torch.stack(batch)), dim=-1)
-            out.append(clip_logits(f, self.text, self.bundle.logit_scale).softmax(-1).cpu().numpy())
+            logits = self.model.logits(self.bundle.encode_images(torch.stack(batch)), text=self.text)
+            out.append(logits.softmax(-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classnames)), np.float32)
 
     def predict_files(self, paths: Sequence[str | Path], batch_size: int = 64

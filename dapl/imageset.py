@@ -105,3 +105,24 @@ class ImageSet:
             root,
             digests=tuple(d for s in sets for d in s.digests) if sets and all(s.digests for s in sets) else (),
         )
+
+
+@dataclass
+class AdaptationData:
+    """One adaptation problem's images: classes, domains (sources first, then targets) and each side's set."""
+
+    classnames: list[str]
+    domains: list[str]
+    source: ImageSet
+    target: ImageSet  # unlabelled adaptation images (labels, if any, are used for reporting only)
+    metric: str = "accuracy"  # or "mean_per_class" (VisDA)
+    target_test: ImageSet | None = None  # evaluation images when the dataset has a target test split
+
+    @property
+    def evaluation(self) -> ImageSet:
+        """UDA convention: the target set is also the test set, unless a separate test split is given."""
+        return self.target if self.target_test is None else self.target_test
+
+    @property
+    def target_domains(self) -> list[int]:
+        return sorted({int(d) for d in self.target.domains})

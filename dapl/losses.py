@@ -6,21 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def clip_logits(img: torch.Tensor, text: torch.Tensor, scale: torch.Tensor | float,
-                dom: torch.Tensor | None = None) -> torch.Tensor:
-    """CLIP's logits ``scale · img · textᵀ`` (both L2-normalised): the one product behind training, evaluation,
-    pseudo-labelling and prediction.
-
-    ``text [K,E]`` (one prompt per class): ``img [..., E]`` -> ``[..., K]``. ``text [D,K,E]`` (per domain): every
-    domain × class prompt, ``[B, D*K]`` (index d·K + k); with ``dom [B]``, each image against the K prompts of its
-    own domain, ``[B, K]``.
-    """
-    if text.ndim == 2:
-        return scale * img @ text.T
-    if dom is None:
-        return scale * img @ text.flatten(0, 1).T
-    return scale * torch.einsum("be,bke->bk", img, text[dom])
+from dapl.model import clip_logits
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dapl.imageset import AdaptationData
 
 
 @dataclass
@@ -35,3 +39,24 @@ def classification_metrics(pred: np.ndarray, true: np.ndarray, n_classes: int) -
     acc = float((pred == true).mean() * 100.0) if len(true) else float("nan")
     mpc = float(np.nanmean(per_class)) if (support > 0).any() else float("nan")
     return Metrics(acc, mpc, [float(x) for x in per_class], conf.tolist(), int(len(true)))
+
+
+def target_metrics(data: AdaptationData, pred: np.ndarray) -> dict[str, Metrics]:
+    """Per target domain (and ``"all"`` when there are several); empty without target labels."""
+    y, dom = data.evaluation.labels, data.evaluation.domains
+    if (y < 0).any():
+        return {}
+    K = len(data.classnames)
+    out = {data.domains[d]: classification_metrics(pred[dom == d], y[dom == d], K) for d in data.target_domains}
+    if len(out) > 1:
+        out["all"] = classification_metrics(pred, y, K)
+    return out
+
+
+def headline(ms: dict[str, Metrics], metric: str) -> dict[str, float]:
+    """The numbers a run reports: over all target domains when there are several, else the one domain's."""
+    if not ms:
+        return {}
+    m = ms.get("all") or next(iter(ms.values()))
+    return {"target_acc": m.accuracy, "target_mean_per_class": m.mean_per_class,
+            "target_metric": m.headline(metric)}

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP pseudo-labels for target images, from cached features."""
+"""Zero-shot CLIP pseudo-labels for target images: the hand-written prompt scored on cached features."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dapl.losses import clip_logits
+from dapl.imageset import AdaptationData
+from dapl.metrics import headline, target_metrics
+from dapl.model import clip_logits, normalize
 from dapl.models import ClipBundle
 from dapl.prompts import prompt_classname
 
 
-def zero_shot_text(bundle: ClipBundle, classnames: list[str], template: str = "a photo of a {}.") -> torch.Tensor:
+def zero_shot_text(bundle: ClipBundle, classnames: list[str], template: str) -> torch.Tensor:
     """The hand-written prompt for every class, encoded once: ``[K, E]`` L2-normalised (class names written as
     the prompt builder writes them: ``_`` -> space)."""
     if "{}" not in template:
         raise ValueError(f"pseudo.template={template!r} needs a '{{}}' where the class name goes")
-    return F.normalize(bundle.encode_texts([template.format(prompt_classname(c)) for c in classnames]), dim=-1)
+    return normalize(bundle.encode_texts([template.format(prompt_classname(c)) for c in classnames]))
 
 
 @dataclass
@@ -46,7 +47,14 @@ class PseudoLabels:
 def pseudo_label(features: torch.Tensor, text: torch.Tensor, scale: float | torch.Tensor,
                  tau: float) -> PseudoLabels:
     """``features [..., N, E]`` (raw image features, any leading view dims) -> labels with shape ``[..., N]``."""
-    img = F.normalize(features.float(), dim=-1)
-    probs = clip_logits(img, text, scale).softmax(dim=-1)
+    probs = clip_logits(normalize(features), text, scale).softmax(dim=-1)
     conf, lab = probs.max(dim=-1)
     return PseudoLabels(lab, conf, conf >= tau, tau)
+
+
+def zero_shot_report(data: AdaptationData, zs: PseudoLabels) -> tuple[dict, dict]:
+    """``(pseudo-label stats, zero-shot metrics)`` of the labeller on the evaluation images: the one computation
+    behind the zero-shot stage and every training run's baseline."""
+    ms = target_metrics(data, zs.labels.cpu().numpy())
+    stats = {"tau": zs.tau, "coverage": zs.coverage(), "accuracy": zs.accuracy(data.evaluation.labels)}
+    return stats, {"metrics": {k: m.to_dict() for k, m in ms.items()}, **headline(ms, data.metric)}

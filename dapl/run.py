@@ -15,10 +15,12 @@ import polars as pl
 from dapl.artifacts import format_nearest, nearest_tokens, save_prompts
 from dapl.config import DaplConfig
 from dapl.features import FeatureCache
+from dapl.imageset import AdaptationData
+from dapl.metrics import target_metrics
 from dapl.models import ClipBundle, load_clip
 from dapl.paths import default_manifest
-from dapl.pseudo_labels import pseudo_label, zero_shot_text
-from dapl.train import AdaptationTask, TrainResult, target_metrics, train
+from dapl.pseudo_labels import pseudo_label, zero_shot_report, zero_shot_text
+from dapl.train import TrainResult, train
 
 
 def manifest_path(cfg: DaplConfig) -> Path:
@@ -39,7 +41,7 @@ def load_manifest(cfg: DaplConfig):
     return Manifest.load(path)
 
 
-def build_task(cfg: DaplConfig, manifest=None) -> AdaptationTask:
+def build_task(cfg: DaplConfig, manifest=None) -> AdaptationData:
     """Source and target image sets of ``cfg.data`` from the dataset manifest.
 
     Datasets with official train/test splits (DomainNet) adapt on the train splits and evaluate on the
@@ -55,10 +57,10 @@ def build_task(cfg: DaplConfig, manifest=None) -> AdaptationTask:
     source = m.image_set(cfg.data.source, split=split, domain_order=order)
     target = m.image_set(cfg.data.target, split=split, domain_order=order)
     target_test = m.image_set(cfg.data.target, split="test", domain_order=order) if has_split else None
-    return AdaptationTask(list(m.classes), order, source, target, m.metric, target_test)
+    return AdaptationData(list(m.classes), order, source, target, m.metric, target_test)
 
 
-def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None,
+def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationData | None = None,
                      progress: str | bool = "auto") -> dict:
     """Encode (or find in the cache) the test view and V train views of every source and target image
     (``progress``: a :mod:`dapl.progress` mode)."""
@@ -79,7 +81,7 @@ def extract_features(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Ad
             "encoder": cache.encoder.recipe, "extraction": cache.stats.to_dict()}
 
 
-def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationTask | None = None,
+def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: AdaptationData | None = None,
               progress: str | bool = "auto") -> dict:
     """Zero-shot accuracy with the hand-written template and pseudo-label coverage/accuracy at τ (the test view
     is encoded, with ``progress``, when the cache lacks it)."""
@@ -89,18 +91,14 @@ def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Adaptatio
     cache = FeatureCache.from_config(fc, bundle, progress=progress)
     text = zero_shot_text(bundle, task.classnames, cfg.pseudo.template)
     feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
-    pl_ = pseudo_label(feats, text, bundle.logit_scale, cfg.tau)
-    ms = target_metrics(task, pl_.labels.cpu().numpy())
-    out = {"tau": cfg.tau, "coverage": pl_.coverage(), "pl_accuracy": pl_.accuracy(task.evaluation.labels),
-           "metrics": {k: m.to_dict() for k, m in ms.items()}}
-    if ms:
-        head = ms.get("all") or next(iter(ms.values()))
-        out |= {"target_acc": head.accuracy, "target_mean_per_class": head.mean_per_class}
-    return out
+    stats, report = zero_shot_report(task, pseudo_label(feats, text, bundle.logit_scale, cfg.tau))
+    out = {"tau": cfg.tau, "coverage": stats["coverage"], "pl_accuracy": stats["accuracy"],
+           "metrics": report["metrics"]}
+    return out | {k: report[k] for k in ("target_acc", "target_mean_per_class") if k in report}
 
 
 def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundle: ClipBundle | None = None,
-          task: AdaptationTask | None = None, progress: str | bool = True, resume: bool = True) -> dict:
+          task: AdaptationData | None = None, progress: str | bool = True, resume: bool = True) -> dict:
     """Train prompts for ``cfg.data``'s task and write every artifact to ``cfg.output_dir``.
 
     Writes ``prompts.safetensors`` + ``prompts.json``, ``metrics.json`` (last epoch, label-free selection,
@@ -125,11 +123,12 @@ def no_pseudo_label_warning(cfg: DaplConfig, summary: dict) -> str | None:
             "trained as source-only prompt learning; lower pseudo.tau (e.g. --set pseudo.tau=0.3)")
 
 
-def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res: TrainResult) -> dict:
+def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationData, res: TrainResult) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_prompts(out, res.learner, cfg, bundle.identity)
-    decoded = nearest_tokens(res.learner, bundle) if res.learner.cfg.learned else {}
+    prompts = res.model.prompts
+    save_prompts(out, prompts, cfg, bundle.identity)
+    decoded = nearest_tokens(prompts, bundle) if prompts.cfg.learned else {}
     (out / "nearest_tokens.json").write_text(json.dumps(decoded, indent=1))
     (out / "nearest_tokens.txt").write_text(format_nearest(decoded, top=3) + "\n")
     if res.history:
@@ -157,15 +156,13 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationTask, res
 
 
 def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle | None = None,
-                     task: AdaptationTask | None = None) -> dict:
+                     task: AdaptationData | None = None) -> dict:
     """Score saved prompts on ``cfg.data``'s target domains (each image with its own domain's prompts)."""
     import torch
 
-    from dapl.artifacts import load_prompts
-    from dapl.prompts import PromptLearner
-    from dapl.train import predict_own_domain
+    from dapl.artifacts import load_model, load_prompts
 
-    tensors, meta = load_prompts(prompt_dir)
+    _, meta = load_prompts(prompt_dir)
     saved = DaplConfig.model_validate(meta["config"])
     task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(saved.model)
@@ -175,15 +172,10 @@ def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle
     missing = [task.domains[d] for d in task.target_domains if task.domains[d] not in meta["domains"]]
     if missing:
         raise ValueError(f"{prompt_dir} has prompts for domains {meta['domains']}, not {missing}")
-    learner = PromptLearner(bundle, meta["classnames"], meta["domains"], saved.prompt, saved.pseudo.template)
-    learner.load_context(tensors)
-    fc = cfg.features
-    cache = FeatureCache.from_config(fc, bundle)
+    model = load_model(prompt_dir, bundle, meta)
+    cache = FeatureCache.from_config(cfg.features, bundle)
     feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
     remap = torch.as_tensor([meta["domains"].index(d) for d in task.domains], device=bundle.device)
-    dom = remap[torch.as_tensor(task.evaluation.domains, device=bundle.device)]
-    with torch.no_grad():
-        text = torch.nn.functional.normalize(learner.text_features(), dim=-1)
-        pred, _ = predict_own_domain(feats, dom, text, bundle.logit_scale)
+    pred, _ = model.predict(feats, remap[torch.as_tensor(task.evaluation.domains, device=bundle.device)])
     ms = target_metrics(task, pred.cpu().numpy())
     return {"prompts": str(prompt_dir), "metrics": {k: m.to_dict() for k, m in ms.items()}}

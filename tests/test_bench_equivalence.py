@@ -12,7 +12,7 @@ import torch
 from bench.official import check_equivalence
 from bench.run import write_block
 from bench.scaling import prompt_tokens
-from bench.step import OfficialStep, OursStep, learner_for, make_batch
+from bench.step import OfficialStep, OursStep, make_batch, model_for
 from dapl.config import ModelConfig
 from dapl.models import load_clip
 from tests.tolerances import RTOL, assert_close
@@ -28,31 +28,31 @@ def bundle(tiny_model_name):
 @pytest.mark.parametrize("setting", ["unified_domain", "class_specific_domain"])
 def test_official_structure_and_ours_agree(bundle, setting):
     batch = make_batch(bundle, len(CLASSES), 4, 4)
-    eq = check_equivalence(bundle, learner_for(bundle, CLASSES, ["source", "target"], setting, m1=4, m2=2), batch)
+    eq = check_equivalence(bundle, model_for(bundle, CLASSES, ["source", "target"], setting, m1=4, m2=2), batch)
     assert eq.ok, eq
     assert eq.logits_max_abs <= RTOL * max(1.0, eq.logits_max) and eq.pseudo_agree == 1.0
 
 
 def test_check_catches_a_different_computation(bundle, monkeypatch):
     """A wrong prompt (here: the domain contexts swapped on our side) must fail the check."""
-    learner = learner_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=4, m2=2)
-    real = learner.text_features
-    monkeypatch.setattr(learner, "text_features", lambda chunk=0, shared=None: real(chunk).flip(0))
-    assert not check_equivalence(bundle, learner, make_batch(bundle, len(CLASSES), 4, 4)).ok
+    model = model_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=4, m2=2)
+    real = model.prompts.text_features
+    monkeypatch.setattr(model.prompts, "text_features", lambda chunk=0, shared=None: real(chunk).flip(0))
+    assert not check_equivalence(bundle, model, make_batch(bundle, len(CLASSES), 4, 4)).ok
 
 
 def test_chunked_shared_prefix_matches(bundle):
     for setting in ("unified_domain", "class_specific_domain"):
-        learner = learner_for(bundle, CLASSES, ["a", "b", "c"], setting, m1=4, m2=2)
+        learner = model_for(bundle, CLASSES, ["a", "b", "c"], setting, m1=4, m2=2).prompts
         full, chunked = learner.text_features(), learner.text_features(chunk=3)
         assert_close(chunked, full)
         assert prompt_tokens(learner) < 3 * len(CLASSES) * learner.length
 
 
 def test_steps_run_and_report_block(bundle, tmp_path):
-    learner = learner_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=2, m2=2)
-    assert torch.isfinite(torch.tensor(OursStep(bundle, learner, n_images=16)()))
-    off = learner_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=2, m2=2)
+    model = model_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=2, m2=2)
+    assert torch.isfinite(torch.tensor(OursStep(bundle, model, n_images=16)()))
+    off = model_for(bundle, CLASSES, ["source", "target"], "unified_domain", m1=2, m2=2)
     assert torch.isfinite(torch.tensor(OfficialStep(bundle, off, make_batch(bundle, len(CLASSES), 2, 2))()))
     out = tmp_path / "P.md"
     out.write_text("# P\n\nhand-written\n")

@@ -105,7 +105,7 @@ def test_half_written_chunks_are_never_read_and_a_rerun_resumes(tmp_path, setup,
 
 
 def test_memory_mapped_views_match_and_training_reads_the_same_rows(tmp_path, setup):
-    from dapl.train import CachedViews
+    from dapl.views import CachedViews
 
     bundle, images = setup
     fc = FeatureConfig(views=3, num_workers=0)

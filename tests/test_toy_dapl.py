@@ -40,7 +40,9 @@ def test_prompts_that_stop_reading_the_class_name_are_flagged(tmp_path):
 
     import torch
 
-    from dapl.train import Trainer
+    from dapl import divergence
+    from dapl.model import DaplModel
+    from dapl.train import load_features
 
     root = tmp_path / "toy"
     generate_world(root, seed=0, images_per_class=10, domains=("clipart", "art"), workers=1)
@@ -48,22 +50,25 @@ def test_prompts_that_stop_reading_the_class_name_are_flagged(tmp_path):
     cfg = resolve_config(dataset="toy", root=root, overrides={
         "model.device": "cpu", "features.cache_dir": str(tmp_path / "cache"), "features.views": 1,
         "data.source": ["clipart"], "data.target": ["art"], "output_dir": str(tmp_path / "run")})
-    tr = Trainer(cfg, load_clip(cfg.model), build_task(cfg, manifest), progress=False)
-    st = tr.setup(resume=False)
-    loss0, acc0 = st.probe_init
-    assert acc0 > 0.4, st.probe_init  # the untrained prompts read the class name (chance: 1/12)
+    bundle, data = load_clip(cfg.model), build_task(cfg, manifest)
+    model = DaplModel(bundle, data.classnames, data.domains, cfg.prompt, cfg.pseudo.template)
+    model.prompts.reset_parameters(cfg.train.seed)
+    probe = divergence.SourceProbe(load_features(cfg, bundle, data, progress=False)[2], data.source)
+    with torch.no_grad():
+        init = probe(model, model.text_features())
+    loss0, acc0 = init
+    assert acc0 > 0.4, init  # the untrained prompts read the class name (chance: 1/12)
     healthy = {"epoch": 1, "loss": 1.0, "probe_source_loss": loss0, "probe_source_acc": acc0}
-    tr._divergence(healthy, st)
-    assert not healthy["diverged"] and st.diverged is None
+    assert divergence.check(healthy, init, 12) is None and not healthy["diverged"]
 
-    learner = st.learner
+    learner = model.prompts
     K, D = learner.n_classes, learner.n_domains
     with torch.no_grad():
         same = learner.suffix.view(D, K, *learner.suffix.shape[1:])[:, :1].expand(D, K, -1, -1)
         learner.suffix.copy_(same.reshape_as(learner.suffix))
         learner.eot.copy_(learner.eot.view(D, K)[:, :1].expand(D, K).reshape(-1))
-    loss, acc = tr._probe(learner, st)
+        loss, acc = probe(model, model.text_features())
     assert abs(loss - math.log(12)) < 1e-3 and acc < 0.1, (loss, acc)
     rec = {"epoch": 2, "loss": 2.0, "probe_source_loss": loss, "probe_source_acc": acc}
-    tr._divergence(rec, st)
-    assert rec["diverged"] and st.diverged["epoch"] == 2
+    broke = divergence.check(rec, init, 12)
+    assert rec["diverged"] and broke["epoch"] == 2
