@@ -2,8 +2,8 @@
 
 One flow, two deployments (``full-benchmark`` and ``ablations``) that differ in the ``kind`` parameter. Runs are
 independent tasks submitted together, so the task runner (threads by default, Dask with ``--runner dask``) runs
-them concurrently. The MLflow backend is checked before anything else runs: an unreachable server costs seconds,
-not a lost training.
+them concurrently; each distinct configuration is trained once, and its other labels share the result. The MLflow
+backend is checked before anything else runs: an unreachable server costs seconds, not a lost training.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def _first_cause(futures) -> str:
 
 
 def _finished(run) -> bool:
-    """A cached training counts only while its outputs exist: a deleted runs folder is trained again (resuming
-    from any checkpoint that is left)."""
+    """A cached training counts only while its outputs exist: a deleted runs folder is made again (copied from the
+    run store, else trained, resuming from any checkpoint that is left)."""
     return (Path(run.config.output_dir) / "metrics.json").is_file()
 
 
