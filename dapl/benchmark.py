@@ -1,7 +1,8 @@
 """Running planned runs and the tables that summarise them.
 
 :mod:`dapl.plan` decides what runs (and each run's config); the CLI runs them in a loop, the Prefect flows fan
-them out as tasks. Either way :func:`run_one` is the implementation and :func:`results_table` the table.
+them out as tasks. Either way :func:`run_one` is the implementation (it copies a result already stored instead of
+training it again) and :func:`results_table` the table.
 """
 
 from __future__ import annotations
@@ -12,33 +13,58 @@ from typing import NamedTuple
 
 import polars as pl
 
-from dapl.plan import Run
+from dapl import run_store
+from dapl.plan import Run, RunSpec
 
 ROW_AXES = ("axis", "setting", "m1", "m2", "tau")
 
 
 def run_one(run: Run, bundle=None, manifest=None, progress: str | bool = True,
-            on_epoch: Callable[[dict], None] | None = None) -> dict:
+            on_epoch: Callable[[dict], None] | None = None, reuse: bool = True) -> dict:
     """Run one planned run and return its table row (the last epoch's accuracy is the reported number).
 
-    ``method`` in the row is the table label (``dapl``, ``setting:unified``, ``m1m2:4x8``, ``tau:0.4``); the
-    typed sweep axes travel beside it (``axis``, ``setting``, ``m1``, ``m2``, ``tau``) for plots and trackers.
+    A run whose result is already stored (:mod:`dapl.run_store`: the same config, weights, images and code, from
+    any entry point) is copied, not trained; ``reuse=False`` trains (or resumes) it regardless. The row's
+    ``reused_from`` names the folder a copied result was trained in.
     """
     from dapl.models import load_clip
     from dapl.run import adapt, build_task
 
-    cfg, spec = run.config, run.spec
+    cfg = run.config
     bundle = bundle or load_clip(cfg.model)
     task = build_task(cfg, manifest)
-    summary = adapt(cfg, on_epoch=on_epoch, bundle=bundle, task=task, progress=progress)
+    key = run_store.run_key(cfg, bundle.identity, task)
+    found = run_store.fetch(cfg, key) if reuse else None
+    if found is None:
+        summary, origin = adapt(cfg, on_epoch=on_epoch, bundle=bundle, task=task, progress=progress), None
+        run_store.record(cfg, key)
+    else:
+        summary, origin = found
+    reused = origin if origin and Path(origin) != Path(cfg.output_dir).absolute() else None
+    return {**result_row(run, summary), "reused_from": reused}
+
+
+def result_row(run: Run, summary: dict) -> dict:
+    """The table row of a run from its ``metrics.json`` summary.
+
+    ``method`` in the row is the table label (``dapl``, ``setting:unified``, ``m1m2:4x8``, ``tau:0.4``); the
+    typed sweep axes travel beside it (``axis``, ``setting``, ``m1``, ``m2``, ``tau``) for plots and trackers.
+    """
+    cfg, spec = run.config, run.spec
     final = summary["final"]
-    metric = "target_mean_per_class" if task.metric == "mean_per_class" else "target_acc"
+    metric = "target_mean_per_class" if summary["metric"] == "mean_per_class" else "target_acc"
     return {"pair": spec.pair, "source": spec.source, "target": spec.target, "method": spec.label,
             "seed": spec.seed, "accuracy": final.get(metric), "zero_shot": summary["zero_shot"].get(metric),
             "pl_coverage": summary["pseudo_labels"]["coverage"], "pl_accuracy": summary["pseudo_labels"]["accuracy"],
             "output_dir": cfg.output_dir.as_posix(), "axis": spec.axis, "setting": cfg.prompt.setting.value,
             "m1": cfg.prompt.m1, "m2": cfg.prompt.m2, "tau": cfg.tau,
             "diverged": bool(summary.get("diverged")), "no_pseudo_labels": bool(summary.get("no_pseudo_labels"))}
+
+
+def relabelled(row: dict, spec: RunSpec) -> dict:
+    """``row`` of a run under another label that :func:`dapl.plan.plan_runs` gave the same config."""
+    return {**row, "pair": spec.pair, "source": spec.source, "target": spec.target, "method": spec.label,
+            "seed": spec.seed, "axis": spec.axis}
 
 
 # the run flags every front door (CLI, flows, demo) warns about: row key -> what the warning says of them

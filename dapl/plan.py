@@ -264,6 +264,10 @@ class Sweep:
         return cls(**kw)
 
 
+# The sections a run's result depends on (all but its output folder).
+RUN_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run: a pair, a seed, and what differs from the base config, as typed values.
@@ -341,6 +345,11 @@ class Run:
     spec: RunSpec
     config: DaplConfig
 
+    @property
+    def digest(self) -> str:
+        """The config without its output folder: runs with equal digests train the same prompts."""
+        return self.config.digest(*RUN_SECTIONS)
+
     def axes(self) -> dict[str, Any]:
         """The sweep axes as the run actually uses them (every run has all of them: MLflow can plot any)."""
         c = self.config
@@ -391,14 +400,30 @@ def default_runs_dir(kind: str, base: DaplConfig, workdir: str | Path | None = N
     the same inputs finds its checkpoints and a changed configuration never resumes from an incompatible one.
     The base's own ``output_dir`` is not part of the digest (every run replaces it)."""
     wd = Path(workdir if workdir is not None else Path.cwd()).absolute()
-    sections = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
-    return wd / "runs" / KIND_ALIASES[kind] / f"{base.data.dataset}-{base.digest(*sections)[:10]}"
+    return wd / "runs" / KIND_ALIASES[kind] / f"{base.data.dataset}-{base.digest(*RUN_SECTIONS)[:10]}"
 
 
 def plan_runs(sweep: Sweep, base: DaplConfig, domains: Sequence[str], runs_dir: str | Path) -> list[Run]:
-    """The sweep's runs, each with its config resolved once."""
+    """The sweep's runs in table order, each with its config resolved once.
+
+    A label whose config equals an earlier label's (the ablations' unified+domain setting, 16x16 cell and
+    τ-default cell are one configuration) gets that run's config, output folder included: one run, one result,
+    shown under every label."""
     rdir = Path(runs_dir).absolute()
-    return [Run(s, run_config(base, s, rdir)) for s in sweep_specs(sweep, base, domains)]
+    first: dict[str, DaplConfig] = {}
+    runs = []
+    for spec in sweep_specs(sweep, base, domains):
+        run = Run(spec, run_config(base, spec, rdir))
+        runs.append(Run(spec, first.setdefault(run.digest, run.config)))
+    return runs
+
+
+def distinct_runs(runs: Iterable[Run]) -> list[Run]:
+    """The first label of each configuration: what is trained (the other labels share its result)."""
+    first: dict[str, Run] = {}
+    for r in runs:
+        first.setdefault(r.digest, r)
+    return list(first.values())
 
 
 def feature_groups(runs: Iterable[Run]) -> list[tuple[str, str]]:

@@ -2,27 +2,42 @@
 
 One flow, two deployments (``full-benchmark`` and ``ablations``) that differ in the ``kind`` parameter. Runs are
 independent tasks submitted together, so the task runner (threads by default, Dask with ``--runner dask``) runs
-them concurrently. The MLflow backend is checked before anything else runs: an unreachable server costs seconds,
-not a lost training.
+them concurrently; each distinct configuration is trained once, and its other labels share the result. The MLflow
+backend is checked before anything else runs: an unreachable server costs seconds, not a lost training.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from dapl.benchmark import flagged_runs, run_warnings
+from dapl.config import DaplConfig
 from dapl.paths import TOY_CHECKPOINT, file_sha256
-from dapl.plan import feature_groups, for_pair, format_recipe, pairs_of, recipe
-from flows import plan, runners
-from tasks import evaluate, extract_features, fetch, index, summarise, toy_pretrain, tracking, train_prompts, zero_shot
+from dapl.plan import Run, distinct_runs, feature_groups, for_pair, format_recipe, pairs_of, recipe
+from flows import runners
+from flows.plan import FlowParams, FlowRequest
+from tasks import (
+    evaluate,
+    extract_features,
+    fetch,
+    index,
+    share_result,
+    summarise,
+    toy_pretrain,
+    tracking,
+    train_prompts,
+    zero_shot,
+)
 from tasks.common import code_version, is_user_error, results_dir
 from tasks.train import complete_tracking
 
@@ -60,8 +75,8 @@ def _first_cause(futures) -> str:
 
 
 def _finished(run) -> bool:
-    """A cached training counts only while its outputs exist: a deleted runs folder is trained again (resuming
-    from any checkpoint that is left)."""
+    """A cached training counts only while its outputs exist: a deleted runs folder is made again (copied from the
+    run store, else trained, resuming from any checkpoint that is left)."""
     return (Path(run.config.output_dir) / "metrics.json").is_file()
 
 
@@ -70,157 +85,51 @@ def _prepare(t, refresh: bool):
     return t.with_options(result_storage=results_dir(), refresh_cache=True if refresh else None)
 
 
+def _flat_parameters(fn: Callable[..., dict]) -> Callable[..., dict]:
+    """The flow's signature and docstring ``Args:`` are :class:`FlowParams`' fields, flat and typed: Prefect builds
+    the UI's form and checks ``-p key=value`` names from them, so each parameter is declared once, there."""
+    fn.__signature__ = FlowParams.signature().replace(return_annotation=dict)  # type: ignore[attr-defined]
+    fn.__doc__ = f"{inspect.cleandoc(fn.__doc__ or '')}\n\n{FlowParams.args_doc()}"
+    return fn
+
+
 @flow(name="dapl", log_prints=True, task_runner=runners.task_runner())
-def dapl(
-    kind: str = "full-benchmark",
-    dataset: str | None = None,
-    root: str | None = None,
-    backbone: str | None = None,
-    weights: str | None = None,
-    preset: str | None = None,
-    seeds: list[int] | None = None,
-    epochs: int | None = None,
-    pairs: list[str] | None = None,
-    methods: list[str] | None = None,
-    pair: str | None = None,
-    settings: list[str] | None = None,
-    m1m2: list[str] | None = None,
-    taus: list[float] | None = None,
-    overrides: dict[str, Any] | None = None,
-    config: str | None = None,
-    sources: list[str] | None = None,
-    toy: dict[str, int] | None = None,
-    workdir: str | None = None,
-    tracking_uri: str | None = None,
-    experiment: str = tracking.DEFAULT_EXPERIMENT,
-    refresh: bool = False,
-    allow_incomplete: bool = False,
-) -> dict:
+@_flat_parameters
+def dapl(**params: Any) -> dict:
     """DAPL benchmark (every pair × zero-shot/source-only/DAPL × seeds) or ablations (prompt settings, M1×M2, τ).
 
-    Every default lives in ``dapl.plan`` (shared with ``dapl benchmark``/``dapl ablations`` and ``dvc repro``).
-
-    Args:
-        kind: "full-benchmark" or "ablations".
-        dataset: toy, office_home, visda2017, domainnet, mini_domainnet, office31 or folder (default: the
-            config's data.dataset, else toy). Its registry recipe is applied above the preset.
-        root: dataset folder (default data/<dataset>).
-        backbone: open_clip model name (default toy-clip); weights: a file or tag (default: the shipped toy
-            checkpoint for toy-clip, else "openai").
-        preset: "paper" (default) or "official"; config: a YAML config (e.g. params.yaml) to start from; paths in
-            it are relative to its own folder.
-        seeds: training seeds (default [1]); epochs: overrides train.epochs.
-        pairs: "source->target" pairs (default: the dataset's pairs; ablations: data.source->data.target);
-            methods: default zero_shot, source_only, dapl.
-        pair, settings, m1m2, taus: the ablation pair, prompt settings (default all five), M1xM2 grid ("8x8";
-            default {4,8,16}x{4,8,16}), τ grid (default 0.4-0.7).
-        overrides: dotted config overrides, e.g. {"train.lr": 0.002, "features.views": 4}.
-        sources: local archives/folders for fetching a real dataset; toy: toy world {seed, images_per_class, size}.
-        workdir: base of relative arguments, runs/, artifacts/, cache/ (default: the project folder).
-        tracking_uri: MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///<project>/mlflow.db).
-        refresh: ignore cached task results and recompute (a finished training is re-read from its final
-            checkpoint; delete its runs folder to train it again from scratch).
-        allow_incomplete: accept a deliberate subset of a registry dataset (fewer images per domain than the
-            official release), keeping the dataset's recipe, metric and manifest name; as `dapl data index
-            --allow-incomplete` (config key data.allow_incomplete).
+    The parameters are :class:`flows.plan.FlowParams`' fields (their types, defaults and descriptions are there).
     """
+    p = FlowParams(**params)
     log = get_run_logger()
     t0 = time.perf_counter()
-    uri = tracking.resolve_uri(tracking_uri)
+    uri = tracking.resolve_uri(p.tracking_uri)
     tracking.check_tracking(uri)
-    exp_id = tracking.ensure_experiment(uri, experiment)
+    exp_id = tracking.ensure_experiment(uri, p.experiment)
     swept = tracking.sweep_orphans(uri, exp_id)
     if swept:
         log.warning("marked %d MLflow run(s) of killed processes FAILED: %s", len(swept), ", ".join(swept))
-
     try:
-        req = plan.from_params(kind=kind, dataset=dataset, root=root, backbone=backbone, weights=weights,
-                               preset=preset, seeds=seeds, epochs=epochs, pairs=pairs, methods=methods, pair=pair,
-                               settings=settings, m1m2=m1m2, taus=taus, overrides=overrides, config=config,
-                               workdir=workdir, allow_incomplete=allow_incomplete)
+        req = p.request()
     except Exception as e:
         if not is_user_error(e):
             raise
         log.error("%s", e)
         return Failed(message=str(e), data=e)
-    cfg, sweep = req.config, req.sweep
+    cfg = req.config
     log.info(format_recipe(cfg))
-    data_root, manifest = str(cfg.data.root), str(cfg.data.manifest)
-    counts = not cfg.data.allow_incomplete
-
-    state = _prepare(fetch, refresh)(cfg.data.dataset, data_root, sources, toy, counts, return_state=True)
-    if not state.is_completed():
-        return _refused(state)
-    state = _prepare(index, refresh)(cfg.data.dataset, data_root, manifest, counts, return_state=True)
-    if state.is_completed() and not Path(state.result()["manifest"]).is_file():  # cached, the file deleted since
-        state = _prepare(index, True)(cfg.data.dataset, data_root, manifest, counts, return_state=True)
-    if not state.is_completed():
-        return _refused(state)
-    idx = state.result()
-    pre = cfg.model.pretrained
-    if pre and Path(pre) == TOY_CHECKPOINT and not Path(pre).is_file():  # only the toy checkpoint is made here
-        _prepare(toy_pretrain, refresh)(pre, None)
-        if not Path(pre).is_file():  # cached, but the file was deleted since
-            _prepare(toy_pretrain, True)(pre, None)
-    weights_sha = _weights_identity(cfg)
-    msha = idx["sha256"]
-
-    rdir, runs = req.runs_dir, req.runs(idx["domains"])
-    this_run = str(flow_run.id or "")
-    data_tags = tracking.data_tags(data_root, msha)
-    tags = {"kind": kind, "dataset": cfg.data.dataset, "code_version": code_version(), **data_tags,
-            "dapl.allow_incomplete": cfg.data.allow_incomplete}
-    parent = tracking.start_run(uri, exp_id, f"{kind} {cfg.data.dataset}", {
-        **tags, "prefect.flow_run_id": this_run, "pairs": ", ".join(f"{s}->{t}" for s, t in pairs_of(runs)),
-        "runs_dir": str(rdir), "recipe": format_recipe(cfg)})
-    tracking.log_params(uri, parent, {**cfg.flat(), **{f"recipe.{k}": v for k, v in recipe(cfg).items()},
-                                      "flow.kind": kind, "flow.seeds": list(sweep.seeds),
-                                      "flow.methods": list(sweep.methods), "flow.pairs": pairs, "flow.pair": pair,
-                                      "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
-                                      "flow.taus": list(sweep.taus), "flow.runs": len(runs)})
-    track = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags}
-    log.info("%s on %s: %d runs in %s; MLflow parent run %s (%s)", kind, cfg.data.dataset, len(runs), rdir,
+    inputs = _data_inputs(cfg, p)
+    if isinstance(inputs, State):
+        return inputs
+    domains, common = inputs
+    runs = req.runs(domains)
+    track = _start_parent(p, req, runs, uri, exp_id, common["manifest_sha"])
+    parent, rdir = track["parent_run_id"], req.runs_dir
+    log.info("%s on %s: %d runs in %s; MLflow parent run %s (%s)", p.kind, cfg.data.dataset, len(runs), rdir,
              parent, uri)
     try:
-        common = {"manifest": manifest, "manifest_sha": msha, "weights_sha": weights_sha}
-        with runners.worker_env(uri):  # Dask workers start at the first submission: they inherit the flow's API
-            feats = [_prepare(extract_features, refresh).submit(for_pair(cfg, a, b).to_dict(), **common)
-                     for a, b in feature_groups(runs)]
-        zs = {p: _prepare(zero_shot, refresh).submit(for_pair(cfg, *p).to_dict(), **common, wait_for=feats)
-              for p in pairs_of(runs)}
-        trains = [_prepare(train_prompts, refresh or not _finished(r)).submit(
-                      r.config.to_dict(), dataclasses.asdict(r.spec), track=track,
-                      wait_for=[zs[(r.spec.source, r.spec.target)]], **common)
-                  for r in runs]
-        evals = [_prepare(evaluate, refresh).submit(t, track) for t in trains]
-        wait(evals)
-        failed = [f"{r.spec.pair} {r.spec.label} seed{r.spec.seed}" for r, e in zip(runs, evals, strict=True)
-                  if not e.state.is_completed()]  # failed, crashed, or not run (NotReady: upstream failed)
-        rows = [e.result() for e in evals if e.state.is_completed()]
-        for r in rows:
-            r["cached"] = r.get("flow_run_id") != this_run
-        zres = [z.result() for z in zs.values() if z.state.is_completed()]
-        if not rows:
-            raise RunsFailed(f"every run failed: {failed}{_first_cause([*feats, *zs.values(), *trains, *evals])}")
-        # runs whose MLflow tracking was lost mid-flow (this run's or an earlier one's): logged again from disk
-        replayed, untracked = complete_tracking([r.config.output_dir for r in runs], track)
-        for r in rows:
-            r["run_id"] = replayed.get(str(r.get("output_dir")), r.get("run_id"))
-        if replayed:
-            log.info("logged %d run(s) whose MLflow tracking had been lost, from their files", len(replayed))
-        summary = summarise(sweep.kind, rows, zres, str(rdir), track)
-        cached = sum(1 for r in rows if r["cached"])
-        tracking.best_effort("parent tags", tracking.set_tags, uri, parent, {
-            "runs_failed": len(failed), "orphans_marked_failed": len(swept), "runs_untracked": len(untracked)})
-        if failed:
-            raise RunsFailed(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}"
-                             f"{_first_cause([*feats, *zs.values(), *trains, *evals])}")
-        if untracked:
-            raise RunsFailed(
-                f"MLflow tracking is missing for {len(untracked)} of {len(runs)} runs; they are trained and their "
-                f"results are on disk ({rdir}):\n  " + "\n  ".join(untracked.values()) +
-                f"\nMake {uri} reachable and run the same flow again: these runs are logged from their files, "
-                "without retraining.")
+        done = _run_all(cfg, runs, common, track, p.refresh)
+        summary = _summarise(req, runs, done, track, len(swept))
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FINISHED")
     except RunsFailed as e:  # each failed task logged its own reason: the flow ends with one line
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
@@ -229,13 +138,120 @@ def dapl(
     except BaseException:
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
         raise
-    print(f"\n{kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
+    rows = done.rows
+    cached = sum(1 for r in rows if r["cached"])
+    print(f"\n{p.kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
     print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
     warnings = run_warnings(rows)
     for line in warnings:  # a WARNING record: the console and the run's log both show it once
         log.warning(line)
-    return {"kind": kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
+    return {"kind": p.kind, "runs_dir": str(rdir), "table": summary["markdown"], "recipe": recipe(cfg),
             "diverged": flagged_runs(rows, "diverged"), "warnings": warnings, "files": summary["files"],
             "plots": summary["plots"], "parent_run_id": parent, "experiment_id": exp_id, "tracking_uri": uri,
             "runs": len(rows), "cached": cached, "orphans_marked_failed": swept}
+
+
+def _data_inputs(cfg: DaplConfig, p: FlowParams) -> tuple[list[str], dict[str, str]] | State:
+    """Fetch and index the dataset (and pretrain the toy checkpoint if it is missing): the manifest's domains and
+    the inputs every model task takes; a refused data stage's Failed state instead."""
+    data_root, manifest = str(cfg.data.root), str(cfg.data.manifest)
+    counts = not cfg.data.allow_incomplete
+    state = _prepare(fetch, p.refresh)(cfg.data.dataset, data_root, p.sources, p.toy, counts, return_state=True)
+    if not state.is_completed():
+        return _refused(state)
+    state = _prepare(index, p.refresh)(cfg.data.dataset, data_root, manifest, counts, return_state=True)
+    if state.is_completed() and not Path(state.result()["manifest"]).is_file():  # cached, the file deleted since
+        state = _prepare(index, True)(cfg.data.dataset, data_root, manifest, counts, return_state=True)
+    if not state.is_completed():
+        return _refused(state)
+    idx = state.result()
+    pre = cfg.model.pretrained
+    if pre and Path(pre) == TOY_CHECKPOINT and not Path(pre).is_file():  # only the toy checkpoint is made here
+        _prepare(toy_pretrain, p.refresh)(pre, None)
+        if not Path(pre).is_file():  # cached, but the file was deleted since
+            _prepare(toy_pretrain, True)(pre, None)
+    return idx["domains"], {"manifest": manifest, "manifest_sha": idx["sha256"], "weights_sha": _weights_identity(cfg)}
+
+
+def _start_parent(p: FlowParams, req: FlowRequest, runs: list[Run], uri: str, exp_id: str, msha: str) -> dict:
+    """The flow run's parent MLflow run (tags, the config and the sweep as params): where every run nests."""
+    cfg, sweep = req.config, req.sweep
+    tags = {"kind": p.kind, "dataset": cfg.data.dataset, "code_version": code_version(),
+            **tracking.data_tags(str(cfg.data.root), msha), "dapl.allow_incomplete": cfg.data.allow_incomplete}
+    parent = tracking.start_run(uri, exp_id, f"{p.kind} {cfg.data.dataset}", {
+        **tags, "prefect.flow_run_id": str(flow_run.id or ""),
+        "pairs": ", ".join(f"{s}->{t}" for s, t in pairs_of(runs)), "runs_dir": str(req.runs_dir),
+        "recipe": format_recipe(cfg)})
+    tracking.log_params(uri, parent, {**cfg.flat(), **{f"recipe.{k}": v for k, v in recipe(cfg).items()},
+                                      "flow.kind": p.kind, "flow.seeds": list(sweep.seeds),
+                                      "flow.methods": list(sweep.methods), "flow.pairs": p.pairs, "flow.pair": p.pair,
+                                      "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
+                                      "flow.taus": list(sweep.taus), "flow.runs": len(runs)})
+    return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags}
+
+
+class Done(NamedTuple):
+    """What the runs left: completed rows (table order), zero-shot results, failed labels, the first cause."""
+
+    rows: list[dict]
+    zero_shots: list[dict]
+    failed: list[str]
+    cause: str
+
+
+def _run_all(cfg: DaplConfig, runs: list[Run], common: dict, track: dict, refresh: bool) -> Done:
+    """Features, zero-shot, then each distinct configuration trained and evaluated once; a label that shares
+    another's configuration gets that result (and its own MLflow run) from :func:`tasks.share_result`."""
+    with runners.worker_env(track["uri"]):  # Dask workers start at the first submission: they inherit the API
+        feats = [_prepare(extract_features, refresh).submit(for_pair(cfg, a, b).to_dict(), **common)
+                 for a, b in feature_groups(runs)]
+    zs = {p: _prepare(zero_shot, refresh).submit(for_pair(cfg, *p).to_dict(), **common, wait_for=feats)
+          for p in pairs_of(runs)}
+    firsts = {r.digest: r for r in distinct_runs(runs)}
+    trains = {d: _prepare(train_prompts, refresh or not _finished(r)).submit(
+                  r.config.to_dict(), dataclasses.asdict(r.spec), track=track, reuse=not refresh,
+                  wait_for=[zs[(r.spec.source, r.spec.target)]], **common)
+              for d, r in firsts.items()}
+    evals = {d: _prepare(evaluate, refresh).submit(t, track) for d, t in trains.items()}
+    shared = _prepare(share_result, refresh)
+    results = [evals[r.digest] if firsts[r.digest] is r
+               else shared.submit(evals[r.digest], r.config.to_dict(), dataclasses.asdict(r.spec), track)
+               for r in runs]  # table order, every label
+    wait(results)
+    failed = [f"{r.spec.pair} {r.spec.label} seed{r.spec.seed}" for r, f in zip(runs, results, strict=True)
+              if not f.state.is_completed()]  # failed, crashed, or not run (NotReady: upstream failed)
+    this_run = str(flow_run.id or "")
+    rows = [f.result() for f in results if f.state.is_completed()]
+    for r in rows:
+        r["cached"] = r.get("flow_run_id") != this_run
+    zres = [z.result() for z in zs.values() if z.state.is_completed()]
+    return Done(rows, zres, failed, _first_cause([*feats, *zs.values(), *trains.values(), *results]))
+
+
+def _summarise(req: FlowRequest, runs: list[Run], done: Done, track: dict, swept: int) -> dict:
+    """Tracking lost mid-flow logged again from disk, the tables and plots, the parent's tags; RunsFailed when a
+    run failed or is still untracked."""
+    rows, failed, rdir, uri = done.rows, done.failed, req.runs_dir, track["uri"]
+    if not rows:
+        raise RunsFailed(f"every run failed: {failed}{done.cause}")
+    # runs whose MLflow tracking was lost mid-flow (this run's or an earlier one's): logged again from disk
+    replayed, untracked = complete_tracking([r.config.output_dir for r in distinct_runs(runs)], track)
+    for r in rows:
+        if not r.get("same_as"):  # a shared result's own MLflow run is not the trained one's
+            r["run_id"] = replayed.get(str(r.get("output_dir")), r.get("run_id"))
+    if replayed:
+        get_run_logger().info("logged %d run(s) whose MLflow tracking had been lost, from their files",
+                              len(replayed))
+    summary = summarise(req.sweep.kind, rows, done.zero_shots, str(rdir), track)
+    tracking.best_effort("parent tags", tracking.set_tags, uri, track["parent_run_id"], {
+        "runs_failed": len(failed), "orphans_marked_failed": swept, "runs_untracked": len(untracked)})
+    if failed:
+        raise RunsFailed(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}{done.cause}")
+    if untracked:
+        raise RunsFailed(
+            f"MLflow tracking is missing for {len(untracked)} of {len(runs)} runs; they are trained and their "
+            f"results are on disk ({rdir}):\n  " + "\n  ".join(untracked.values()) +
+            f"\nMake {uri} reachable and run the same flow again: these runs are logged from their files, "
+            "without retraining.")
+    return summary

@@ -7,6 +7,7 @@ from tasks import _env  # noqa: F401  (before prefect is imported)
 from tasks.data import fetch, index, toy_pretrain
 from tasks.model import extract_features, zero_shot
 from tasks.summary import summarise
-from tasks.train import evaluate, train_prompts
+from tasks.train import evaluate, share_result, train_prompts
 
-__all__ = ["evaluate", "extract_features", "fetch", "index", "summarise", "toy_pretrain", "train_prompts", "zero_shot"]
+__all__ = ["evaluate", "extract_features", "fetch", "index", "share_result", "summarise", "toy_pretrain",
+           "train_prompts", "zero_shot"]

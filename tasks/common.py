@@ -16,28 +16,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import dapl
 from dapl.config import DaplConfig
 from dapl.paths import PROJECT_ROOT, file_sha256  # noqa: F401  (re-exported: the project's one file hash)
-
-DAPL_SOURCES = Path(dapl.__file__).resolve().parent
+from dapl.run_store import code_version  # the code part of every cache key and of the run store's keys
 
 
 def results_dir() -> Path:
     """Where task results (and cache records) persist: ``$DAPL_RESULTS_DIR`` or ``<project>/.prefect/results``."""
     env = os.environ.get("DAPL_RESULTS_DIR")
     return Path(env) if env else PROJECT_ROOT / ".prefect" / "results"
-
-
-@functools.cache
-def code_version() -> str:
-    """``dapl.__version__`` plus a hash of every dapl source and model config: a code edit invalidates caches."""
-    h = hashlib.sha256(dapl.__version__.encode())
-    for p in sorted(DAPL_SOURCES.rglob("*")):
-        if p.suffix in (".py", ".json") and "__pycache__" not in p.parts:
-            h.update(p.relative_to(DAPL_SOURCES).as_posix().encode())
-            h.update(p.read_bytes())
-    return f"{dapl.__version__}+{h.hexdigest()[:12]}"
 
 
 def stable_hash(obj: Any) -> str:

@@ -33,7 +33,6 @@ import yaml
 
 from tasks.common import PROJECT_ROOT
 
-DEFAULT_EXPERIMENT = "dapl"
 PENDING_FILE = "tracking_pending.json"
 RETRY_ENV = "DAPL_TRACKING_RETRY_DELAYS"
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the back-off below is ours
@@ -101,7 +100,7 @@ def artifact_root(uri: str) -> str | None:
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
-def ensure_experiment(uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
+def ensure_experiment(uri: str, name: str) -> str:
     """The experiment's id (created if needed), tagged as a training-runs experiment."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)

@@ -16,7 +16,7 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from dapl import plots
-from dapl.benchmark import FLAGS, run_one
+from dapl.benchmark import FLAGS, relabelled, run_one
 from dapl.config import DaplConfig
 from dapl.plan import Run, RunSpec
 from tasks import tracking
@@ -45,15 +45,29 @@ def run_name(spec: RunSpec) -> str:
     return f"{spec.pair} {spec.label} seed{spec.seed}"
 
 
+def run_tags(track: dict, run: Run, **extra: Any) -> dict[str, Any]:
+    """The MLflow tags of one labelled run: the flow's, the run's label, where Prefect ran it, and ``extra``."""
+    rs, ctx = run.spec, run_context()
+    return {**track.get("tags", {}), "pair": rs.pair, "method": rs.label, "seed": rs.seed,
+            "setting": run.config.prompt.setting.value, "prefect.task_run_id": ctx["task_run_id"],
+            "prefect.flow_run_id": ctx["flow_run_id"], **extra}
+
+
+def run_params(run: Run) -> dict[str, Any]:
+    """The MLflow params of one labelled run: its whole config and its sweep axes."""
+    return {**run.config.flat(), **run.axes()}
+
+
 @task(name="train-prompts", cache_key_fn=key_fn(ALL_SECTIONS, ("spec", "manifest_sha", "weights_sha")),
       persist_result=True)
 @refuse_user_errors
 def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weights_sha: str,
-                  track: dict | None = None) -> dict:
+                  track: dict | None = None, reuse: bool = True) -> dict:
     """Train (or evaluate, for the manual prompt) one planned run; returns its results-table row.
 
     ``cfg`` is the run's own config (``dapl.plan.plan_runs`` resolved it). ``track`` = {uri, experiment_id,
-    parent_run_id, tags}: where the nested MLflow run goes (not in the cache key).
+    parent_run_id, tags}: where the nested MLflow run goes (not in the cache key). ``reuse``: copy a stored
+    identical run's result instead of training (:mod:`dapl.run_store`); its MLflow run is tagged ``reused_from``.
     """
     log = get_run_logger()
     run = Run(RunSpec(**spec), DaplConfig.model_validate(cfg))
@@ -64,12 +78,9 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
     rl: tracking.RunLog | None = None
     uri = (track or {}).get("uri")
     if track:
-        axes = run.axes()
-        tags = {**track.get("tags", {}), "pair": rs.pair, "method": rs.label, "seed": rs.seed,
-                "setting": axes["sweep.setting"], "prefect.task_run_id": run_context()["task_run_id"],
-                "prefect.flow_run_id": run_context()["flow_run_id"], "dapl.resumed_from_epoch": start}
-        rl = tracking.RunLog(uri, track["experiment_id"], run_cfg.output_dir, run_name(rs), tags,
-                             {**run_cfg.flat(), **axes}, track.get("parent_run_id"))
+        rl = tracking.RunLog(uri, track["experiment_id"], run_cfg.output_dir, run_name(rs),
+                             run_tags(track, run, **{"dapl.resumed_from_epoch": start}), run_params(run),
+                             track.get("parent_run_id"))
     run_id = rl.run_id if rl else None
     logged: set[int] = set()
 
@@ -81,25 +92,59 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
 
     try:
         row = run_one(run, bundle=clip_bundle(run_cfg), manifest=load_manifest(manifest, manifest_sha),
-                      progress="log", on_epoch=on_epoch)
+                      progress="log", on_epoch=on_epoch, reuse=reuse)
         if rl:
+            if row.get("reused_from"):
+                rl.call("tag reused", tracking.set_tags, uri, run_id, {"reused_from": row["reused_from"]})
             rl.call("log training files", log_training_files, uri, run_id, Path(run_cfg.output_dir), logged)
             rl.call("end run", tracking.end_run, uri, run_id, "FINISHED")
     except BaseException:
         if rl:
             rl.call("end run", tracking.end_run, uri, run_id, "FAILED")
         raise
+    _report(log, run, row, rl)
+    return {**row, "run_id": run_id, "resumed_from_epoch": start, **run_context()}
+
+
+def _report(log, run: Run, row: dict, rl: tracking.RunLog | None) -> None:
+    """The task's log lines about one finished run: reused, flagged, untracked, and its accuracy."""
+    name, run_cfg = run_name(run.spec), run.config
+    if row.get("reused_from"):
+        log.info("%s: the result of the identical run in %s, copied (not trained again)", name, row["reused_from"])
     if row.get("diverged"):
         log.warning("%s: training diverged (its prompts score worse on the source than untrained ones; see "
-                    "metrics.json 'diverged'); tagged dapl.diverged in MLflow", run_name(rs))
+                    "metrics.json 'diverged'); tagged dapl.diverged in MLflow", name)
     if row.get("no_pseudo_labels"):
         log.warning("%s: no target image passes tau=%s, so it trained as source-only; tagged "
-                    "dapl.no_pseudo_labels in MLflow", run_name(rs), run_cfg.tau)
+                    "dapl.no_pseudo_labels in MLflow", name, run_cfg.tau)
     if rl and rl.lost:
-        log.warning("%s: trained; MLflow tracking lost (%s) - it is logged from %s later", run_name(rs),
+        log.warning("%s: trained; MLflow tracking lost (%s) - it is logged from %s later", name,
                     rl.rec["lost"], run_cfg.output_dir)
-    log.info("%s: %s%% (zero-shot %s%%)", run_name(rs), _fmt(row["accuracy"]), _fmt(row["zero_shot"]))
-    return {**row, "run_id": run_id, "resumed_from_epoch": start, **run_context()}
+    log.info("%s: %s%% (zero-shot %s%%)", name, _fmt(row["accuracy"]), _fmt(row["zero_shot"]))
+
+
+@task(name="share-result", cache_key_fn=key_fn(ALL_SECTIONS, ("row", "spec")), persist_result=True)
+def share_result(row: dict, cfg: dict, spec: dict, track: dict | None = None) -> dict:
+    """The row of a label whose config (``cfg``) another label of the plan trained (``row``, evaluated), with
+    its own MLflow run logged from the shared files and tagged ``reused_from``/``reused_run_id``."""
+    run = Run(RunSpec(**spec), DaplConfig.model_validate(cfg))
+    out, run_id = Path(row["output_dir"]), None
+    if track:
+        uri = track["uri"]
+        tags = run_tags(track, run, reused_from=row["output_dir"], reused_run_id=row.get("run_id") or "")
+        run_id = tracking.with_retry("start run", tracking.start_run, uri, track["experiment_id"],
+                                     run_name(run.spec), tags, track.get("parent_run_id"))
+        try:
+            tracking.with_retry("log params", tracking.log_params, uri, run_id, run_params(run))
+            tracking.with_retry("log from disk", log_run_from_disk, uri, run_id, out)
+        except BaseException:
+            tracking.best_effort("end run", tracking.end_run, uri, run_id, "FAILED")
+            raise
+        tracking.with_retry("end run", tracking.end_run, uri, run_id, "FINISHED")
+    same_as = f"{row['pair']} {row['method']} seed{row['seed']}"
+    get_run_logger().info("%s: the same configuration as %s, whose result it shares", run_name(run.spec), same_as)
+    return {**relabelled(row, run.spec), "run_id": run_id, "same_as": same_as, "reused_from": row["output_dir"],
+            **run_context()}
 
 
 def log_training_files(uri: str, run_id: str, out: Path, logged: set[int] | None = None) -> None:

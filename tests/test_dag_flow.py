@@ -124,24 +124,47 @@ def test_second_call_comes_from_cache(env, benchmark):
     assert again["table"] == benchmark["table"]
 
 
-def test_deleted_run_folder_is_trained_again(env, benchmark):
+def test_deleted_run_folder_is_made_again(env, benchmark):
     import shutil
 
     out = Path(benchmark["runs_dir"]) / "real_art" / "dapl" / "seed1"
     shutil.rmtree(out)
     again = _run(env, "full-benchmark", pairs=["real->art"])
     assert again["cached"] == 2 and (out / "metrics.json").is_file() and (out / "prompts.safetensors").is_file()
+    assert again["table"] == benchmark["table"]
 
 
 def test_ablations_parent_plots(env, benchmark):
+    """Seven configurations under eight labels: τ 0.5 is the unified+domain setting (one result, two MLflow
+    runs), which is the benchmark's DAPL run (copied from the run store, not trained again)."""
     from mlflow import MlflowClient
 
-    res = _run(env, "ablations", m1m2=["2x4"], taus=[0.3])
+    res = _run(env, "ablations", m1m2=["2x4"], taus=[0.3, 0.5])
     c = MlflowClient(env["uri"])
-    names = {r.info.run_name for r in _children(c, res)}
-    assert len(names) == 7 and "real->art setting:class_specific_domain seed1" in names
+    kids = {r.info.run_name: r for r in _children(c, res)}
+    assert len(kids) == 8 and "real->art setting:class_specific_domain seed1" in kids
     arts = {a.path for a in c.list_artifacts(res["parent_run_id"], "plots")}
     assert arts == {"plots/accuracy_vs_tau.png", "plots/m1m2_heatmap.png", "plots/prompt_settings.png"}
+    trained = Path(benchmark["runs_dir"]) / "real_art" / "dapl" / "seed1"
+    setting, tau = kids["real->art setting:unified_domain seed1"], kids["real->art tau:0.5 seed1"]
+    assert setting.data.tags["reused_from"] == trained.as_posix()
+    assert tau.data.tags["reused_from"] == str(Path(res["runs_dir"]) / "real_art" / "setting_unified_domain" / "seed1")
+    assert tau.data.tags["reused_run_id"] == setting.info.run_id and tau.data.tags["method"] == "tau:0.5"
+    assert tau.data.params["sweep.label"] == "tau:0.5" and tau.data.params["sweep.axis"] == "tau"
+    for run in (setting, tau):
+        assert run.info.status == "FINISHED" and "final.target_acc" in run.data.metrics
+        steps = sorted(m.step for m in c.get_metric_history(run.info.run_id, "target_acc"))
+        assert steps == list(range(1, EPOCHS + 1))
+    acc = c.get_run(_children_named(c, benchmark)["real->art dapl seed1"]).data.metrics["final.target_acc"]
+    assert abs(setting.data.metrics["final.target_acc"] - acc) < 1e-9
+    rows = pl.read_csv(Path(res["files"]["runs_csv"]))
+    shared = rows.filter(pl.col("method").is_in(["setting:unified_domain", "tau:0.5"]))
+    assert shared.height == 2 and shared["output_dir"].n_unique() == 1 and shared["accuracy"].n_unique() == 1
+    assert rows.height == 8 and "tau:0.5" in res["table"] and "setting:unified_domain" in res["table"]
+
+
+def _children_named(client, result: dict) -> dict[str, str]:
+    return {r.info.run_name: r.info.run_id for r in _children(client, result)}
 
 
 def test_unreachable_mlflow_fails_before_training(env):

@@ -20,10 +20,33 @@ from tasks.common import cache_key, code_version  # noqa: E402
 TOY_DOMAINS = ["art", "clipart", "product", "real"]
 
 
-def _flow_defaults(**params) -> dict:
+def _request(**params) -> plan.FlowRequest:
+    """What the flow plans for ``params`` (the rest at their declared defaults)."""
+    return plan.FlowParams(**params).request()
+
+
+def test_flow_parameters_are_flowparams_fields():
+    """The flow's signature, Prefect's parameter schema and FlowParams agree name by name, each typed and
+    described; a by-name parameter (`-p seeds=[1,2]`) is validated by that type; an unknown name is refused."""
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+
     from flows.dapl_flow import dapl
 
-    return {k: p.default for k, p in inspect.signature(dapl.fn).parameters.items()} | params
+    fields = plan.FlowParams.model_fields
+    sig = inspect.signature(dapl.fn).parameters
+    assert list(sig) == list(fields) and all(sig[k].default == f.default for k, f in fields.items())
+    props = dapl.parameters.properties
+    assert list(props) == list(fields)
+    assert all(p["description"] == fields[k].description for k, p in props.items())
+    assert props["seeds"]["anyOf"][0] == {"items": {"type": "integer"}, "type": "array"}
+    assert props["refresh"]["type"] == "boolean" and props["experiment"]["default"] == "dapl"
+    got = dapl.validate_parameters({"kind": "ablations", "seeds": [1, 2], "taus": [0.5], "epochs": "3"})
+    assert (got["seeds"], got["epochs"], got["dataset"]) == ([1, 2], 3, None)
+    assert plan.FlowParams(**got) == plan.FlowParams(kind="ablations", seeds=[1, 2], taus=[0.5], epochs=3)
+    with pytest.raises(SignatureMismatchError):
+        dapl.validate_parameters({"seedz": [1]})
+    with pytest.raises(ParameterTypeError):
+        dapl.validate_parameters({"seeds": "one"})
 
 
 @pytest.mark.parametrize("kind,flow_kind", [("benchmark", "full-benchmark"), ("ablations", "ablations")])
@@ -31,15 +54,15 @@ def test_cli_and_flow_plan_identical_runs(kind, flow_kind, monkeypatch):
     """The deployment with no parameters and `dapl <kind> -c params.yaml` (what the demo and `dvc repro` run):
     the same runs, the same configs, the same runs folder; and the same again for explicit grids."""
     monkeypatch.chdir(PROJECT_ROOT)
-    req = plan.from_params(**_flow_defaults(kind=flow_kind))
+    req = _request(kind=flow_kind)
     cli_cfg, cli_dir, cli_runs = cli.plan_of(cli.build_parser().parse_args([kind, "-c", "params.yaml"]), TOY_DOMAINS)
     # the bases differ only in the output_dir that every run replaces
     assert req.config.with_overrides({"output_dir": "x"}) == cli_cfg.with_overrides({"output_dir": "x"})
     assert req.runs_dir == cli_dir
     assert [(r.spec, r.config) for r in req.runs(TOY_DOMAINS)] == [(r.spec, r.config) for r in cli_runs]
     if kind == "ablations":
-        req = plan.from_params(**_flow_defaults(kind=flow_kind, seeds=[1, 2], pair="art->real", m1m2=["8x4"],
-                                                taus=[0.6], overrides={"train.lr": 0.01}))
+        req = _request(kind=flow_kind, seeds=[1, 2], pair="art->real", m1m2=["8x4"], taus=[0.6],
+                       overrides={"train.lr": 0.01})
         args = [kind, "--seeds", "1,2", "--pair", "art->real", "--m1m2", "8x4", "--taus", "0.6",
                 "--set", "train.lr=0.01"]
         cli_cfg, cli_dir, cli_runs = cli.plan_of(cli.build_parser().parse_args(args), TOY_DOMAINS)
@@ -49,7 +72,7 @@ def test_cli_and_flow_plan_identical_runs(kind, flow_kind, monkeypatch):
 
 def test_config_paths_resolve_against_the_file_not_the_workdir(tmp_path):
     """The flow with config=params.yaml and another workdir reads the project's checkpoint and data."""
-    req = plan.from_params(**_flow_defaults(config=str(PROJECT_ROOT / "params.yaml"), workdir=str(tmp_path)))
+    req = _request(config=str(PROJECT_ROOT / "params.yaml"), workdir=str(tmp_path))
     assert req.config.model.pretrained == str(PROJECT_ROOT / "dapl" / "assets" / "toy-clip.pt")
     assert req.config.data.root == PROJECT_ROOT / "data" / "toy"
     assert str(req.runs_dir).startswith(str(tmp_path))

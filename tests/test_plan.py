@@ -11,9 +11,11 @@ from dapl.paths import PROJECT_ROOT, TOY_CHECKPOINT
 from dapl.plan import (
     DEFAULT_M1M2,
     DEFAULT_TAUS,
+    RUN_SECTIONS,
     RunSpec,
     Sweep,
     default_runs_dir,
+    distinct_runs,
     feature_groups,
     plan_runs,
     recipe,
@@ -48,6 +50,26 @@ def test_ablation_defaults_are_issue_10s_grids():
     assert tuple((a, b) for a in (4, 8, 16) for b in (4, 8, 16)) == DEFAULT_M1M2 and DEFAULT_TAUS[0] == 0.4
     with pytest.raises(ValueError, match="not in toy"):
         sweep_specs(Sweep.parse("ablations", pairs="real->nowhere"), DaplConfig(), TOY_DOMAINS)
+
+
+def test_identical_configs_are_one_run_under_every_label():
+    """The ablations' unified+domain setting, its 16x16 cell and its τ 0.5 cell are one configuration: one run
+    (one output folder) that each label shows; every other label keeps its own run."""
+    base = resolve_config(workdir=PROJECT_ROOT)
+    runs = plan_runs(Sweep(kind="ablations"), base, TOY_DOMAINS, "/r")
+    assert [r.spec.label for r in runs][:5] == [f"setting:{s.value}" for s in PromptSetting]  # every label
+    by_label = {r.spec.label: r for r in runs}
+    shared = by_label["setting:unified_domain"]
+    twins = [r.spec.label for r in runs if r.config == shared.config]
+    assert twins == ["setting:unified_domain", "m1m2:16x16", "tau:0.5"]
+    assert str(shared.config.output_dir) == "/r/real_art/setting_unified_domain/seed1"
+    own = run_config(base, by_label["tau:0.5"].spec, "/r")  # what the τ cell resolved to before the dedupe
+    assert own.output_dir != shared.config.output_dir and own.digest(*RUN_SECTIONS) == shared.digest
+    distinct = distinct_runs(runs)
+    assert len(distinct) == len(runs) - 2 and any(r is shared for r in distinct)
+    assert len({r.config.output_dir for r in distinct}) == len(distinct)
+    bench = plan_runs(Sweep(seeds=(1, 2)), base, TOY_DOMAINS, "/r")
+    assert distinct_runs(bench) == bench  # no two benchmark labels share a configuration
 
 
 def test_sweep_parses_cli_strings_and_flow_lists_alike():
