@@ -39,7 +39,7 @@ def code_version() -> str:
 
 
 def run_key(cfg: DaplConfig, model_identity: str, task) -> str:
-    """The key of ``cfg``'s run on ``task`` (a :class:`dapl.train.AdaptationTask`) with that model."""
+    """The key of ``cfg``'s run on ``task`` (a :class:`dapl.imageset.AdaptationData`) with that model."""
     sets = [s.fingerprint() if s is not None else "" for s in (task.source, task.target, task.target_test)]
     parts = [cfg.digest(*RUN_SECTIONS), model_identity, *sets, code_version()]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
