@@ -183,7 +183,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
 
 def _predict_files(args: list[str]) -> list[Path]:
     """The files named, and every file under the folders named (hidden and OS leftovers skipped)."""
-    from dapl.datasets.registry import ignored_name
+    from dapl.datasets.tree import ignored_name
 
     out: list[Path] = []
     for p in map(Path, args):
