@@ -132,6 +132,7 @@ def protocol_for(K: int) -> Protocol:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The order of work of the module docstring; exit status 1 on an equivalence mismatch, 2 without CUDA."""
     o = options(parse(argv), argv)
     dev = torch.device(o.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
