@@ -1,4 +1,5 @@
-"""Shared helpers: the machine, interleaved timing, peak memory from /proc, class names, markdown tables.
+"""Shared helpers: the machine, interleaved timing, peak memory from /proc, class names, markdown tables and
+the results blocks of docs/PERFORMANCE.md.
 
 Timings on a shared machine drift with the load of other processes, so every comparison is measured side by
 side: the paths being compared run in alternating order within each round, and the median over rounds is
@@ -225,3 +226,16 @@ def fmt_s(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def write_block(path: Path, tag: str, body: str) -> None:
+    """Replace (or append) the ``tag`` block of the report, keeping the hand-written text around it."""
+    begin, end = f"<!-- BEGIN bench:{tag} -->", f"<!-- END bench:{tag} -->"
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else "# Performance\n\n"
+    if begin in text and end in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

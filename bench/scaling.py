@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Samples, domain_names, interleaved
+from bench.common import Samples, domain_names, interleaved, loadavg, md_table, peak, reset_peak, rss_gib, write_block
 from bench.step import OursStep, model_for
 from dapl.models import ClipBundle
 from dapl.prompts import PromptLearner
@@ -91,7 +91,6 @@ def domainnet_memmap(bundle: ClipBundle, folder: Path, reps: int = 10, spec: dic
     (``CachedViews`` over the cache's memory maps)."""
     import torch
 
-    from bench.common import peak, reset_peak, rss_gib
     from dapl.views import CachedViews
 
     s = {**DOMAINNET, **(spec or {})}
@@ -133,8 +132,6 @@ def domainnet_memmap(bundle: ClipBundle, folder: Path, reps: int = 10, spec: dic
 
 def domainnet_block(r: dict) -> str:
     """The ``domainnet-cpu`` block of docs/PERFORMANCE.md from a :func:`domainnet_memmap` result."""
-    from bench.common import loadavg, md_table
-
     rows = [["images × views × E", f"{r['images']:,} × {r['views']} × {r['embed_dim']} (fp16)"],
             ["views on disk", f"{r['views_gib']:.2f} GiB (written in {r['write_s']:.0f} s)"],
             ["classes × domains", f"{r['classes']} × {r['domains']} (5 sources → 1 target, unified context)"],
@@ -182,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(d)
     print(json.dumps(res, indent=1))
     if a.out:
-        from bench.run import write_block
-
         write_block(Path(a.out), "domainnet-cpu", domainnet_block(res))
     return 0
 

@@ -183,7 +183,7 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
 
 def _predict_files(args: list[str]) -> list[Path]:
     """The files named, and every file under the folders named (hidden and OS leftovers skipped)."""
-    from dapl.datasets.registry import ignored_name
+    from dapl.datasets.tree import ignored_name
 
     out: list[Path] = []
     for p in map(Path, args):
@@ -240,9 +240,19 @@ def cmd_toy_pretrain(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each group of subcommands is added by its own helper below."""
     p = argparse.ArgumentParser(prog="dapl", description="Domain Adaptation via Prompt Learning")
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_data_commands(sub)
+    _add_stage_commands(sub)
+    _add_sweep_commands(sub)
+    _add_predict_command(sub)
+    _add_toy_commands(sub)
+    return p
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    """``dapl data fetch|index|list``."""
     data = sub.add_parser("data", help="datasets: fetch and index").add_subparsers(dest="data_cmd", required=True)
     f = data.add_parser("fetch", help="download/extract (or generate the toy world) into --root")
     f.add_argument("dataset")
@@ -269,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_data_index)
     data.add_parser("list", help="the datasets of the registry").set_defaults(fn=cmd_data_list)
 
+
+def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
+    """One command per pipeline stage over the resolved config: features, zero-shot, train, evaluate, config."""
     for name, fn, hlp in [("features", cmd_features, "encode cached image features (test + train views)"),
                           ("zero-shot", cmd_zero_shot, "zero-shot accuracy and pseudo-label coverage"),
                           ("train", cmd_train, "train prompts for data.source -> data.target"),
@@ -284,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":
             s.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
 
+
+def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
+    """``dapl benchmark`` (pairs × methods × seeds) and ``dapl ablations`` (settings and grids on one pair)."""
     for kind in ("benchmark", "ablations"):
         b = sub.add_parser(kind, help="every pair x method x seed" if kind == "benchmark"
                            else "prompt settings, M1xM2 grid and tau grid on one pair")
@@ -301,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--taus", help="tau grid (default: 0.4,0.5,0.6,0.7)")
         b.set_defaults(fn=cmd_benchmark, kind=kind)
 
+
+def _add_predict_command(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="classify images with learned prompts")
     pr.add_argument("--prompts", required=True, help="a run folder (prompts.safetensors + prompts.json)")
     pr.add_argument("--domain", help="whose prompts classify (default: the last target domain)")
@@ -308,12 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.set_defaults(fn=cmd_predict)
 
+
+def _add_toy_commands(sub: argparse._SubParsersAction) -> None:
     toy = sub.add_parser("toy", help="the embedded toy world").add_subparsers(dest="toy_cmd", required=True)
     tp = toy.add_parser("pretrain", help="pretrain the tiny toy-clip on freshly drawn images")
     tp.add_argument("--out", default="dapl/assets/toy-clip.pt")
     tp.add_argument("--set", action="append", metavar="KEY=VALUE", help="ToyPretrainConfig field")
     tp.set_defaults(fn=cmd_toy_pretrain)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.common import write_block
 from bench.official import check_equivalence
-from bench.run import write_block
 from bench.scaling import prompt_tokens
 from bench.step import OfficialStep, OursStep, make_batch, model_for
 from dapl.config import ModelConfig

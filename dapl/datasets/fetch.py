@@ -31,7 +31,8 @@ from dapl.datasets.archive import _merge, _remove, safe_extract
 from dapl.datasets.complete import check_counts as check_counts_on
 from dapl.datasets.complete import count_images, image_counts, is_stamped, write_stamp
 from dapl.datasets.errors import ChecksumError, DatasetError, DatasetLayoutError, DatasetUnavailable, DatasetWarning
-from dapl.datasets.registry import DatasetSpec, Resource, get_spec, ignored_name
+from dapl.datasets.registry import DatasetSpec, Resource, get_spec
+from dapl.datasets.tree import ignored_name
 
 OFFLINE_ENV = ("DAPL_OFFLINE", "HF_HUB_OFFLINE")
 PROBE_ENV = "DAPL_NET_PROBE"  # "host:port" to probe instead of the download host (tests use a closed port)

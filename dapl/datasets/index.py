@@ -285,8 +285,25 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
     dataset (both naming the folder to pass), a split file reached through a link, class folders whose names
     collide once normalised, or no file found at all (never an empty manifest, whatever ``check_counts``).
     """
-    spec = name if isinstance(name, DatasetSpec) else get_spec(name)
-    root = Path(root)
+    spec, root = _checked_root(name if isinstance(name, DatasetSpec) else get_spec(name), Path(root))
+    notes: list[dict] = _root_notes(root, spec)
+    notes += _count_notes(spec, root, check_counts)
+    items = _items(root, spec, notes)
+    if not items:
+        raise DatasetLayoutError(_nothing_found(root, spec, notes))
+    folders, index = _assign_classes(spec, items)
+    _check_collisions(root, folders, items)
+    results = _verify_all(root, spec, items, workers, decode, progress)
+    rows = [_row(root, item, results.get(i), index) for i, item in enumerate(items)]
+    return Manifest(df=_in_domain_order(rows, spec), root=root, dataset=spec.name,
+                    classes=[display_name(f) for f in folders], class_folders=list(folders),
+                    domains=[d.key for d in spec.domains],
+                    domain_folders=[(domain_dir(root, d) or root / d.folder).name for d in spec.domains],
+                    metric=spec.metric, tau=spec.tau, notes=notes)
+
+
+def _checked_root(spec: DatasetSpec, root: Path) -> tuple[DatasetSpec, Path]:
+    """The dataset's folder (absolute) and its spec as discovered there; a wrong ``--root`` says which to pass."""
     if os.path.lexists(root) and not root.is_dir():
         raise DatasetLayoutError(f"--root {root}: is a file, not a folder; pass the dataset's folder")
     if not root.is_dir():
@@ -297,21 +314,27 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
         raise DatasetLayoutError(wrapper_message(root, w, "index"))
     spec = discover(spec, root)
     check_root(spec, root, "index")
-    notes: list[dict] = _root_notes(root, spec)
+    return spec, root
+
+
+def _count_notes(spec: DatasetSpec, root: Path, check_counts: bool) -> list[dict]:
+    """Raise on a domain short of the registry's count, or (a deliberate subset) note it as a warning."""
     if check_counts:
         check_counts_on(spec, root, "index")
-    else:
-        for short in shortfalls(spec, root):
-            notes.append(_note("warning", "incomplete_domain", short[0], None, None,
-                               f"{describe(short)} (indexed with --allow-incomplete)"))
+        return []
+    return [_note("warning", "incomplete_domain", short[0], None, None,
+                  f"{describe(short)} (indexed with --allow-incomplete)") for short in shortfalls(spec, root)]
+
+
+def _items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Item]:
     if spec.layout in ("image_list", "split_files"):
-        items = _listed_items(root, spec, notes)
-    else:
-        items = [it for d in spec.domains for it in _folder_items(root, d, "all", notes)]
-    if not items:
-        raise DatasetLayoutError(_nothing_found(root, spec, notes))
-    folders, index = _assign_classes(spec, items)
-    _check_collisions(root, folders, items)
+        return _listed_items(root, spec, notes)
+    return [it for d in spec.domains for it in _folder_items(root, d, "all", notes)]
+
+
+def _verify_all(root: Path, spec: DatasetSpec, items: list[_Item], workers: int | None, decode: bool,
+                progress: str | bool) -> dict[int, dict]:
+    """:func:`verify_image` over every item not already refused, in a thread pool, keyed by item position."""
     todo = [i for i, it in enumerate(items) if it.problem is None]
     results: dict[int, dict] = {}
     with warnings.catch_warnings():
@@ -321,28 +344,31 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
             for i, res in zip(todo, track(it, f"verify {spec.name}", "img", total=len(todo), mode=progress),
                               strict=True):
                 results[i] = res
-    rows = []
-    for i, item in enumerate(items):
-        linked = (item.problem or "").startswith("symlink:")  # never stat through a link
-        res = results.get(i) or _stat_only(None if linked else root / item.path)
-        problem = item.problem or res["problem"]
-        cidx = index.get(item.class_folder, -1) if item.class_folder is not None else -1
-        rows.append({
-            "path": item.path, "domain": item.domain,
-            "class_name": display_name(item.class_folder) if cidx >= 0 else None,
-            "class_folder": item.class_folder, "class_idx": cidx, "split": item.split,
-            "width": res["width"], "height": res["height"], "mode": res["mode"],
-            "file_size": res["file_size"], "sha256": res["sha256"],
-            "status": "ok" if problem is None else "excluded", "problem": problem,
-        })
+    return results
+
+
+def _row(root: Path, item: _Item, res: dict | None, index: dict[str, int]) -> dict:
+    """One manifest row: a refused item keeps its reason, and a link is never stat'ed through."""
+    linked = (item.problem or "").startswith("symlink:")
+    res = res or _stat_only(None if linked else root / item.path)
+    problem = item.problem or res["problem"]
+    cidx = index.get(item.class_folder, -1) if item.class_folder is not None else -1
+    return {
+        "path": item.path, "domain": item.domain,
+        "class_name": display_name(item.class_folder) if cidx >= 0 else None,
+        "class_folder": item.class_folder, "class_idx": cidx, "split": item.split,
+        "width": res["width"], "height": res["height"], "mode": res["mode"],
+        "file_size": res["file_size"], "sha256": res["sha256"],
+        "status": "ok" if problem is None else "excluded", "problem": problem,
+    }
+
+
+def _in_domain_order(rows: list[dict], spec: DatasetSpec) -> pl.DataFrame:
+    """The rows sorted by the registry's domain order, then path (unknown domains last)."""
     order = {d.key: k for k, d in enumerate(spec.domains)}
     df = pl.DataFrame(rows, schema=MANIFEST_SCHEMA)
-    df = (df.with_columns(pl.col("domain").replace_strict(order, default=len(order)).alias("_rank"))
-          .sort(["_rank", "path"]).drop("_rank"))
-    return Manifest(df=df, root=root, dataset=spec.name, classes=[display_name(f) for f in folders],
-                    class_folders=list(folders), domains=[d.key for d in spec.domains],
-                    domain_folders=[(domain_dir(root, d) or root / d.folder).name for d in spec.domains],
-                    metric=spec.metric, tau=spec.tau, notes=notes)
+    return (df.with_columns(pl.col("domain").replace_strict(order, default=len(order)).alias("_rank"))
+            .sort(["_rank", "path"]).drop("_rank"))
 
 
 def _nothing_found(root: Path, spec: DatasetSpec, notes: list[dict]) -> str:

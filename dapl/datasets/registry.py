@@ -16,19 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dapl.datasets.errors import UnknownDatasetError
+from dapl.datasets.tree import plain_dir, scan
 
 Layout = Literal["folders", "image_list", "split_files", "toy"]
 Metric = Literal["accuracy", "mean_per_class"]
 
 
-# Files and folders that operating systems and archivers leave behind: never images, never reported.
-JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-
-
-def ignored_name(name: str) -> bool:
-    """Hidden files/folders (``.name``) and OS/archiver leftovers (``Thumbs.db``, ``__MACOSX``, ...)."""
-    return name.startswith(".") or name.lower() in JUNK_NAMES
 
 
 def display_name(folder: str) -> str:
@@ -291,8 +285,6 @@ def get_spec(name: str) -> DatasetSpec:
 
 def _subdirs(path: Path) -> list[str]:
     """Real sub-folders of ``path``, sorted: links and control-character names are never domains or classes."""
-    from dapl.datasets.tree import plain_dir, scan  # lazy: tree imports this module
-
     if not plain_dir(path):
         return []
     return [p.name for p, is_dir in scan(path)[0] if is_dir]

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dapl.datasets.registry import ignored_name
+# Files and folders that operating systems and archivers leave behind: never images, never reported.
+JUNK_NAMES = frozenset({".ds_store", "thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
+
+
+def ignored_name(name: str) -> bool:
+    """Hidden files/folders (``.name``) and OS/archiver leftovers (``Thumbs.db``, ``__MACOSX``, ...)."""
+    return name.startswith(".") or name.lower() in JUNK_NAMES
+
 
 LINK_FIX = "links are never followed (one can point outside the dataset or loop back into it): put the real " \
            "file or folder there instead"
