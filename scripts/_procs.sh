@@ -59,20 +59,6 @@ stop_group() {  # NAME [SECONDS]: SIGTERM the group and every descendant, SIGKIL
   return 0
 }
 
-wait_http() {  # URL SECONDS: until URL answers 200
-  local url=$1 secs=${2:-120}
-  "$ROOT/.venv/bin/python" - "$url" "$secs" <<'PY'
-import sys, time, urllib.request
-url, secs = sys.argv[1], float(sys.argv[2])
-end = time.time() + secs
-while time.time() < end:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            if r.status == 200:
-                sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(1)
-sys.exit(f"{url} did not answer within {secs:.0f} s")
-PY
+wait_http() {  # URL SECONDS: until URL answers 200 (flows/services.py)
+  "$ROOT/.venv/bin/python" -m flows.services wait-http "$1" "${2:-120}"
 }

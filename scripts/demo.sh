@@ -42,20 +42,7 @@ for kind in full-benchmark ablations; do
     >"$WORKDIR/runs/demo/$kind.log" || { tail -40 "$WORKDIR/runs/demo/$kind.log"; exit 1; }
   grep -E "Finished in state (Completed|Cached)" -c "$WORKDIR/runs/demo/$kind.log" | sed 's/^/   tasks finished: /'
 done
-.venv/bin/python - "$WORKDIR/runs/demo" <<'PY'
-import json, sys
-from pathlib import Path
-d = Path(sys.argv[1])
-for kind in ("full-benchmark", "ablations"):
-    r = json.loads((d / f"{kind}.json").read_text())
-    print(f"\n## {kind} (toy world; target accuracy %, last epoch; {r['runs']} runs, {r['cached']} from cache)\n")
-    print(r["table"])
-    print("\nrecipe: " + ", ".join(f"{k}={v}" for k, v in r["recipe"].items()))
-    for line in r.get("warnings", []):
-        print("\n" + line)
-    print(f"\ntables/plots: {r['runs_dir']}   MLflow parent run: {r['parent_run_id']}")
-print(f"\nMLflow store: {r['tracking_uri']}")
-PY
+.venv/bin/python -m flows.report "$WORKDIR/runs/demo"  # the tables, recipes and warnings
 cat <<MSG
 
 Demo finished in $(($(date +%s) - t0)) s.

@@ -12,11 +12,7 @@ source scripts/env.sh
 export HF_HUB_OFFLINE=1 DAPL_OFFLINE=1 DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1
 PY=.venv/bin/python
 t0=$(date +%s)
-$PY - <<'PY'
-import torch
-assert torch.cuda.is_available(), "gpu_check: no CUDA device visible to torch (this script is for a GPU machine)"
-print("gpu_check:", torch.cuda.get_device_name(0), "torch", torch.__version__, "cuda", torch.version.cuda)
-PY
+$PY -m bench.gpu_check  # names the device, or stops at once without one
 QUICK="${GPU_CHECK_QUICK:-0}"
 IMAGES=$([ "$QUICK" = 1 ] && echo 256 || echo 2048)
 SEEDS=$([ "$QUICK" = 1 ] && echo 1 || echo 1,2,3)
