@@ -27,7 +27,7 @@ from tests.conftest import TINY_CONFIGS  # noqa: E402
 EPOCHS = 2
 OVERRIDES = {"features.views": 1, "features.num_workers": 0, "features.batch_size": 64,
              "train.batch_source": 8, "train.batch_target": 8, "prompt.m1": 2, "prompt.m2": 2,
-             "prompt.init": None}  # the toy recipe's init words are 4 tokens
+             "prompt.init": None}  # M1 = 2: no init words, whatever the recipe sets
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,10 @@ def test_run_specs_carry_typed_overrides():
     tau = run_config(base, RunSpec("real", "art", 3, axis="tau", tau=0.7), "/r")
     assert tau.pseudo.tau == 0.7 and tau.train.seed == 3 and str(tau.output_dir) == "/r/real_art/tau_0.7/seed3"
     grid = run_config(base, RunSpec("real", "art", 1, axis="m1m2", m1=8, m2=16), "/r")
-    assert (grid.prompt.m1, grid.prompt.m2, grid.prompt.init) == (8, 16, None)  # the init words are 4 tokens
+    assert (grid.prompt.m1, grid.prompt.m2, grid.prompt.init) == (8, 16, None)  # the toy's init: N(0, 0.02²)
+    worded = resolve_config(workdir=PROJECT_ROOT, overrides={"prompt.init": "a photo of a", "prompt.m1": 4})
+    cells = [run_config(worded, RunSpec("real", "art", 1, axis="m1m2", m1=m1, m2=4), "/r") for m1 in (4, 8)]
+    assert [c.prompt.init for c in cells] == ["a photo of a", None]  # words sized for M1 = 4 kept only there
     setting = run_config(base, RunSpec("real", "art", 1, axis="setting", setting="class_specific"), "/r")
     assert setting.prompt.setting is PromptSetting.class_specific and setting.prompt.init == base.prompt.init
 
