@@ -293,3 +293,13 @@ def test_sigkill_mid_view_resumes_from_the_last_complete_chunk(tmp_path, blob_wo
     a, b = np.load(cfg["out"]), np.load(ref["out"])
     assert a.shape == (1, 24, 32)
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
+
+
+def test_feature_cache_defaults_are_the_configs():
+    """One source for a cache's settings: a FeatureCache built without them is the default FeatureConfig's."""
+    import inspect
+
+    params = inspect.signature(FeatureCache).parameters
+    fc = FeatureConfig()
+    for name in ("batch_size", "num_workers", "dtype", "precision", "chunk_size", "memmap"):
+        assert params[name].default == getattr(fc, name), name
