@@ -23,9 +23,9 @@ def test_params_yaml_is_every_key_of_the_resolved_toy_default():
     default = resolve_config(workdir=PROJECT_ROOT, overrides={"output_dir": "runs/dvc/train"})
     assert from_file == default
     assert from_file == resolve_config(dataset="toy", workdir=PROJECT_ROOT, overrides={"output_dir": "runs/dvc/train"})
-    from flows.plan import from_params  # the deployments' request (pure: no Prefect)
+    from flows.plan import FlowParams  # the deployments' request (pure: no Prefect)
 
-    assert from_params().config.with_overrides({"output_dir": str(from_file.output_dir)}) == from_file
+    assert FlowParams().request().config.with_overrides({"output_dir": str(from_file.output_dir)}) == from_file
 
 
 def _stage_params(stage: dict) -> list[str]:
