@@ -69,7 +69,8 @@ def measure(bundle: ClipBundle, model_name: str, n_images: int, workers: int = 2
     with tempfile.TemporaryDirectory(prefix="dapl-bench-", dir=tmp) as d:
         root = Path(d)
         images = write_jpegs(root / "images", n_images)
-        cache = FeatureCache(root / "cache", bundle, batch_size=batch_size, num_workers=workers, precision=precision)
+        cache = FeatureCache(root / "cache", bundle, batch_size=batch_size, num_workers=workers, precision=precision,
+                             memmap=False)
         t_test = float("nan")
         if test_view:
             t = time.perf_counter()
@@ -229,7 +230,7 @@ def decode_once(bundle: ClipBundle, n: int, workers: int) -> str:
         fc = FeatureConfig(views=4)
         times = {}
         for how in ("separately", "together"):
-            cache = FeatureCache(Path(d) / how, bundle, num_workers=workers, precision="auto")
+            cache = FeatureCache(Path(d) / how, bundle, num_workers=workers, precision="auto", memmap=False)
             t = time.perf_counter()
             if how == "together":
                 cache.train_views(images, 4, fc)
@@ -246,7 +247,7 @@ def precision_cosines(bundle: ClipBundle, model: str) -> str:
     """Feature cosine of bf16 and fp16 to fp32 on these random-weight features."""
     with tempfile.TemporaryDirectory(prefix="dapl-bench-") as d:
         images = write_jpegs(Path(d) / "images", 32)
-        ref = FeatureCache(Path(d), bundle, num_workers=0).test_features(images).float()
+        ref = FeatureCache(Path(d), bundle, num_workers=0, precision="fp32").test_features(images).float()
         rows = []
         for prec in ("bf16", "fp16"):
             f = FeatureCache(Path(d), bundle, num_workers=0, precision=prec).test_features(images).float()

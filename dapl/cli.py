@@ -221,9 +221,9 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_config(a: argparse.Namespace) -> int:
-    import yaml
+    from dapl.resolve import config_layers, format_config
 
-    print(yaml.safe_dump(_config(a).to_dict(), sort_keys=False), end="")
+    print(format_config(config_layers(a.config, preset=a.preset, overrides=parse_set_args(a.set or []))), end="")
     return 0
 
 

@@ -24,6 +24,9 @@ from pydantic_core import PydanticUndefined
 
 from dapl.errors import UserError
 
+# The hand-written prompt, written once: zero-shot pseudo-labels, the manual setting, the prompt learner.
+MANUAL_TEMPLATE = "a photo of a {}."
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
@@ -46,7 +49,7 @@ class ModelConfig(_Section):
 class PromptSetting(StrEnum):
     """The five prompt settings of the paper's ablation."""
 
-    manual = "manual"  # "a photo of a {class}." (zero-shot, nothing learned)
+    manual = "manual"  # MANUAL_TEMPLATE with the class name (zero-shot, nothing learned)
     unified = "unified"  # domain-agnostic unified context only (CoOp-style)
     class_specific = "class_specific"  # domain-agnostic class-specific context only
     unified_domain = "unified_domain"  # unified + domain-specific context (DAPL default)
@@ -94,9 +97,9 @@ class PromptConfig(_Section):
 class PseudoLabelConfig(_Section):
     """Zero-shot pseudo-labels for target images."""
 
-    template: str = "a photo of a {}."
-    tau: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold; null = dataset default "
-                              "(Office-Home 0.6, VisDA-2017 0.5, others 0.5)")
+    template: str = MANUAL_TEMPLATE
+    tau: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold; null = the dataset's "
+                              "default (DatasetSpec.tau in dapl/datasets/registry.py)")
     enabled: bool = Field(True, description="false = source-only prompt learning (no target loss)")
 
 
@@ -198,25 +201,23 @@ class DaplConfig(_Section):
 
     @property
     def tau(self) -> float:
-        """``pseudo.tau``, else the dataset's default from the registry (Office-Home 0.6, others 0.5)."""
+        """``pseudo.tau``, else the dataset's default from the registry (``DEFAULT_TAU`` for an unknown one)."""
         if self.pseudo.tau is not None:
             return self.pseudo.tau
-        from dapl.datasets.registry import get_spec
+        from dapl.datasets.registry import DEFAULT_TAU, get_spec
 
         try:
             return get_spec(self.data.dataset).tau
         except (KeyError, ValueError):
-            return 0.5
+            return DEFAULT_TAU
 
     # -- presets and (de)serialisation -------------------------------------------------------------
     @classmethod
     def from_preset(cls, preset: str = "paper", overrides: dict[str, Any] | None = None) -> DaplConfig:
         """A preset, then nested ``overrides`` (``{"train": {"lr": 0.01}}`` or ``{"train.lr": 0.01}``)."""
-        base: dict[str, Any] = {"preset": preset}
-        if preset == "official":
-            base |= {"prompt": {"text": "official"}, "train": {"loss": "kway"}}
-        elif preset != "paper":
+        if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose 'paper' or 'official'")
+        base: dict[str, Any] = {"preset": preset, **PRESETS[preset]}
         return cls.model_validate(deep_merge(base, expand_dotted(overrides or {})))
 
     @classmethod
@@ -245,6 +246,16 @@ class DaplConfig(_Section):
         d = self.to_dict()
         part = {s: d[s] for s in sections} if sections else d
         return hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# What each preset changes from the field defaults above (which are the paper's).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "official": {"prompt": {"text": "official"}, "train": {"loss": "kway"}},  # the authors' released code
+}
+# The config sections (every field of DaplConfig but preset and output_dir): what a run's numbers depend on.
+SECTIONS: tuple[str, ...] = tuple(n for n, f in DaplConfig.model_fields.items()
+                                  if isinstance(f.annotation, type) and issubclass(f.annotation, _Section))
 
 
 def expand_dotted(d: dict[str, Any]) -> dict[str, Any]:

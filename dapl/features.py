@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from dapl.config import FeatureConfig
 from dapl.imageset import ImageSet
 from dapl.models import ClipBundle, eval_transform, train_transform, transform_identity
 from dapl.progress import Progress
@@ -50,7 +51,6 @@ from dapl.progress import Progress
 # can hold a view of a wrong crop); 3: fixed encoder batches, chunked views, encoder precision in the key
 FORMAT_VERSION = "4"
 ENCODE_BATCH = 32  # images per encoder call (measured best on CPU for RN50); part of the key
-CHUNK_SIZE = 2048  # images per chunk file: what a kill can lose per view
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # `auto` on a CPU with native bf16. Measured on the toy benchmark (12 pairs × 3 seeds, docs/PERFORMANCE.md,
@@ -313,13 +313,17 @@ def encode_view(bundle: ClipBundle, images: ImageSet, transform: Callable, seed_
                         num_workers=num_workers, encode_batch=encode_batch, dtype=dtype)[0]
 
 
+_DEFAULTS = FeatureConfig()  # FeatureCache's defaults are the config's: one source for both
+
+
 class FeatureCache:
     """``cache_dir/<key>/{test.npy, view_000.npy, ...}`` with a ``meta.json`` describing the key; views being
     extracted live as ``<view>.chunks/<start>-<stop>.npy`` until complete."""
 
-    def __init__(self, cache_dir: str | Path, bundle: ClipBundle, batch_size: int = 64, num_workers: int = 2,
-                 dtype: str = "float16", precision: str = "fp32", chunk_size: int = CHUNK_SIZE,
-                 encode_batch: int = ENCODE_BATCH, memmap: bool = False, progress: str | bool = "auto"):
+    def __init__(self, cache_dir: str | Path, bundle: ClipBundle, batch_size: int = _DEFAULTS.batch_size,
+                 num_workers: int = _DEFAULTS.num_workers, dtype: str = _DEFAULTS.dtype,
+                 precision: str = _DEFAULTS.precision, chunk_size: int = _DEFAULTS.chunk_size,
+                 encode_batch: int = ENCODE_BATCH, memmap: bool = _DEFAULTS.memmap, progress: str | bool = "auto"):
         if chunk_size < 1 or encode_batch < 1:
             raise ValueError(f"FeatureCache: chunk_size {chunk_size} and encode_batch {encode_batch} must be >= 1")
         self.dir = Path(cache_dir)
@@ -337,12 +341,11 @@ class FeatureCache:
         self._encoder: ImageEncoder | None = None
 
     @classmethod
-    def from_config(cls, fc, bundle: ClipBundle, progress: str | bool = "auto") -> FeatureCache:
+    def from_config(cls, fc: FeatureConfig, bundle: ClipBundle, progress: str | bool = "auto") -> FeatureCache:
         """The cache a :class:`~dapl.config.FeatureConfig` describes (every stage must build it this way, so
         that extraction, zero-shot and training agree on the key); ``progress``: a :mod:`dapl.progress` mode."""
-        return cls(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype,
-                   precision=getattr(fc, "precision", "fp32"), chunk_size=getattr(fc, "chunk_size", CHUNK_SIZE),
-                   memmap=getattr(fc, "memmap", False), progress=progress)
+        return cls(fc.cache_dir, bundle, fc.batch_size, fc.num_workers, fc.dtype, precision=fc.precision,
+                   chunk_size=fc.chunk_size, memmap=fc.memmap, progress=progress)
 
     @property
     def encoder(self) -> ImageEncoder:

@@ -3,13 +3,8 @@
 The CLI (``dapl benchmark``/``dapl ablations``), the Prefect flow (``flows/``) and the DVC stages all go through
 the two functions here, so they cannot disagree on a default:
 
-* :func:`resolve_config` builds the base :class:`DaplConfig` from its layers, lowest first:
-  preset → the dataset's registry recipe → the config file → named parameters → dotted overrides.
-  **Paths**: a relative path written in a config file is relative to that file's folder (``params.yaml`` at the
-  project root: the project root); a relative path given as a CLI/flow argument, an override, or left at its
-  default is relative to ``workdir`` (the CLI: the current folder; the flow: its ``workdir`` parameter). Every
-  path of the result is absolute. A weights file that does not exist is an error, except the shipped toy
-  checkpoint (which the flow can pretrain).
+* :func:`resolve_config` (:mod:`dapl.resolve`, imported here) builds the base :class:`DaplConfig` from its
+  three layers: the preset with the dataset's recipe → the config file → the overrides.
 * :class:`Sweep` says what to run (kind, seeds, methods, pairs, the ablation grids), with every default here;
   :func:`plan_runs` turns it into :class:`Run` s, each carrying its typed :class:`RunSpec` and its resolved
   config (computed once).
@@ -20,25 +15,13 @@ Pure: no Prefect, MLflow or DVC.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
-from dapl.config import (
-    ConfigError,
-    DaplConfig,
-    PromptConfig,
-    PromptSetting,
-    deep_merge,
-    describe_validation_error,
-    expand_dotted,
-    flatten,
-    load_yaml,
-)
-from dapl.paths import TOY_CHECKPOINT, default_manifest, looks_like_path
+from dapl.config import SECTIONS, DaplConfig, PromptConfig, PromptSetting
+from dapl.resolve import format_recipe, recipe, resolve_config  # noqa: F401 (the planning layer's callers use them)
 
 Kind = Literal["benchmark", "ablations"]
 KINDS: tuple[str, ...] = ("benchmark", "ablations")
@@ -48,139 +31,6 @@ DEFAULT_SEEDS: tuple[int, ...] = (1,)
 DEFAULT_SETTINGS: tuple[str, ...] = tuple(s.value for s in PromptSetting)
 DEFAULT_M1M2: tuple[tuple[int, int], ...] = tuple(itertools.product((4, 8, 16), (4, 8, 16)))
 DEFAULT_TAUS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
-PATH_FIELDS = ("data.root", "data.manifest", "features.cache_dir", "output_dir", "model.weights_dir")
-# The fields that make a training recipe: printed with the results and logged.
-RECIPE_FIELDS = ("preset", "model.name", "prompt.m1", "prompt.m2", "prompt.csc", "prompt.init", "prompt.init_std",
-                 "prompt.text", "train.epochs", "train.lr", "train.max_grad_norm", "train.batch_source",
-                 "train.batch_target", "train.loss", "features.views", "features.precision", "pseudo.tau")
-
-
-# -- config resolution -----------------------------------------------------------------------------------
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML/JSON config as nested dict (``params.yaml`` keeps it under ``dapl:``), relative paths made
-    absolute against the file's folder."""
-    p = Path(path).expanduser().absolute()
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    raw = load_yaml(p.read_text(), str(p)) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a mapping of config sections, got {type(raw).__name__}")
-    if isinstance(raw.get("dapl"), dict):
-        raw = raw["dapl"]
-    return expand_dotted(_absolute_paths(flatten(raw), p.parent))
-
-
-def _absolute_paths(flat: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Relative paths among ``flat``'s path fields (and weights files, model-config files) joined to ``base``."""
-    out = dict(flat)
-    for k, v in flat.items():
-        if v is None or not isinstance(v, str | Path):
-            continue
-        s = str(v)
-        is_path = (k in PATH_FIELDS or (k == "model.pretrained" and looks_like_path(s))
-                   or (k == "model.name" and s.endswith(".json")))
-        if is_path:
-            q = Path(s).expanduser()
-            out[k] = str(q if q.is_absolute() else base / q)
-    return out
-
-
-def dataset_recipe(dataset: str) -> dict[str, Any]:
-    """The dataset's recipe defaults from the registry (dotted overrides), its τ included: a resolved config
-    always says the τ it trains with."""
-    from dapl.datasets.registry import get_spec
-
-    spec = get_spec(dataset)
-    return {"pseudo.tau": spec.tau, **(getattr(spec, "recipe", None) or {})}
-
-
-def default_weights(backbone: str) -> str:
-    """The shipped toy checkpoint for ``toy-clip``; OpenAI's weights (tag ``openai``) for everything else."""
-    return str(TOY_CHECKPOINT) if backbone == "toy-clip" else "openai"
-
-
-def resolve_config(config: str | Path | None = None, *, preset: str | None = None, dataset: str | None = None,
-                   root: str | Path | None = None, backbone: str | None = None, weights: str | None = None,
-                   epochs: int | None = None, allow_incomplete: bool | None = None,
-                   overrides: dict[str, Any] | None = None, workdir: str | Path | None = None) -> DaplConfig:
-    """The base configuration of every entry point (see the module docstring for the layers and path rule)."""
-    wd = Path(workdir if workdir is not None else Path.cwd()).expanduser().absolute()
-    file_layer = read_config_file(config) if config else {}
-    over = expand_dotted(dict(overrides or {}))
-    named: dict[str, Any] = {}
-    if dataset:
-        from dapl.datasets.registry import get_spec
-
-        named["data.dataset"] = get_spec(dataset).name
-    if root:
-        named["data.root"] = str(root)
-    if backbone:
-        named["model.name"] = backbone
-        named["model.pretrained"] = weights or default_weights(backbone)
-    elif weights:
-        named["model.pretrained"] = weights
-    if epochs:
-        named["train.epochs"] = int(epochs)
-    if allow_incomplete is not None:
-        named["data.allow_incomplete"] = bool(allow_incomplete)
-    user = expand_dotted(_absolute_paths(flatten(deep_merge(expand_dotted(named), over)), wd))
-    chosen_preset = preset or user.pop("preset", None) or file_layer.get("preset") or "paper"
-    ds = user.get("data", {}).get("dataset") or file_layer.get("data", {}).get("dataset") or "toy"
-    layers = [(f"the {ds} dataset recipe", expand_dotted(dataset_recipe(ds))),
-              (str(Path(config).expanduser().absolute()) if config else "", file_layer), ("", user)]
-    merged: dict[str, Any] = {}
-    for _, layer in layers:
-        merged = deep_merge(merged, {k: v for k, v in layer.items() if k != "preset"})
-    if "root" not in merged.get("data", {}):
-        merged = deep_merge(merged, {"data": {"root": f"data/{ds}"}})
-    try:
-        cfg = DaplConfig.from_preset(chosen_preset, merged)
-    except ValidationError as e:  # one line naming the key, its layer (a file) and what it takes
-        raise ConfigError(describe_validation_error(e, DaplConfig, _layer_of(layers))) from None
-    if cfg.model.name == "toy-clip" and cfg.model.pretrained == "dapl":  # the shipped tag, as the file it names
-        cfg = cfg.with_overrides({"model.pretrained": str(TOY_CHECKPOINT)})
-    # what is still relative now came from a default: relative to workdir like the arguments
-    keys = (*PATH_FIELDS, "model.pretrained", "model.name")
-    cfg = cfg.with_overrides(_absolute_paths({k: v for k, v in cfg.flat().items() if k in keys}, wd))
-    if cfg.data.manifest is None:
-        cfg = cfg.with_overrides({"data.manifest": str(default_manifest(cfg.data.dataset, cfg.data.root, wd))})
-    _check_weights(cfg)
-    return cfg
-
-
-def _layer_of(layers: list[tuple[str, dict[str, Any]]]) -> Callable[[str], str]:
-    """``key -> label`` of the last layer that set ``key`` (or a section above or below it): where to fix it."""
-    flats = [(label, flatten(layer)) for label, layer in layers]
-
-    def source(key: str) -> str:
-        for label, flat in reversed(flats):
-            if any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in flat):
-                return label
-        return ""
-
-    return source
-
-
-def _check_weights(cfg: DaplConfig) -> None:
-    pre = cfg.model.pretrained
-    if pre and looks_like_path(pre) and not Path(pre).is_file() and Path(pre) != TOY_CHECKPOINT:
-        raise FileNotFoundError(
-            f"model.pretrained={pre}: no such file. Paths in a config file are relative to that file's folder, "
-            "paths given as arguments to the current folder (the flow: its workdir); fix the path, or give a tag "
-            "such as 'openai'.")
-
-
-def recipe(cfg: DaplConfig) -> dict[str, Any]:
-    """The training recipe of a resolved config (``pseudo.tau`` as used: the dataset default when unset)."""
-    flat = cfg.flat()
-    out = {k: flat[k] for k in RECIPE_FIELDS if k in flat}
-    out["pseudo.tau"] = cfg.tau
-    return out
-
-
-def format_recipe(cfg: DaplConfig) -> str:
-    subset = " (a subset: data.allow_incomplete=True)" if cfg.data.allow_incomplete else ""
-    return f"recipe ({cfg.data.dataset}{subset}): " + ", ".join(f"{k}={v}" for k, v in recipe(cfg).items())
 
 
 # -- the sweep ---------------------------------------------------------------------------------------------
@@ -264,8 +114,8 @@ class Sweep:
         return cls(**kw)
 
 
-# The sections a run's result depends on (all but its output folder).
-RUN_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
+# The sections a run's result depends on (all but its output folder): dapl.config's list.
+RUN_SECTIONS = SECTIONS
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dapl.config import PromptConfig
+from dapl.config import MANUAL_TEMPLATE, PromptConfig
 from dapl.models import ClipBundle
 from dapl.text_encoder import TextEncoder
 
@@ -39,7 +39,7 @@ class PromptLearner(nn.Module):
         classnames: list[str],
         domains: list[str],
         cfg: PromptConfig,
-        manual_template: str = "a photo of a {}.",
+        manual_template: str = MANUAL_TEMPLATE,
     ) -> None:
         super().__init__()
         if cfg.m1 == 0 and cfg.csc:

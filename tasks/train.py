@@ -17,12 +17,12 @@ from prefect.logging import get_run_logger
 
 from dapl import plots
 from dapl.benchmark import FLAGS, relabelled, run_one
-from dapl.config import DaplConfig
+from dapl.config import SECTIONS, DaplConfig
 from dapl.plan import Run, RunSpec
 from tasks import tracking
 from tasks.common import clip_bundle, key_fn, load_manifest, refuse_user_errors, run_context
 
-ALL_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data", "output_dir")
+ALL_SECTIONS = (*SECTIONS, "output_dir")
 EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
                  "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss",
                  "probe_source_loss")

@@ -39,7 +39,7 @@ def _counting(monkeypatch) -> list[tuple[int, int, int]]:
 def test_views_are_cached_reused_and_deterministic(tmp_path, setup, monkeypatch):
     bundle, images = setup
     fc = FeatureConfig(views=3, num_workers=0)
-    cache = FeatureCache(tmp_path, bundle, batch_size=4, num_workers=0)
+    cache = FeatureCache(tmp_path, bundle, batch_size=4, num_workers=0, precision="fp32", memmap=False)
     calls = _counting(monkeypatch)
     v1 = cache.train_views(images, 3, fc)
     t1 = cache.test_features(images)
@@ -53,31 +53,35 @@ def test_views_are_cached_reused_and_deterministic(tmp_path, setup, monkeypatch)
     assert torch.equal(v4[:3], v1) and calls[2:] == [(0, 10, 1)]
     # another folder, loader batch 3 and 1 worker instead of 4 and 0: bit-identical by construction (the encoder
     # always sees the same fixed batches; per-image seeds, not worker RNG)
-    other = FeatureCache(tmp_path / "other", bundle, batch_size=3, num_workers=1).train_views(images, 2, fc)
+    other = FeatureCache(tmp_path / "other", bundle, batch_size=3, num_workers=1, precision="fp32",
+                         memmap=False).train_views(images, 2, fc)
     assert torch.equal(other, v1[:2])
     # views decoded together == the same view encoded alone
-    alone = FeatureCache(tmp_path / "alone", bundle, batch_size=5, num_workers=0).train_views(images, 1, fc)
+    alone = FeatureCache(tmp_path / "alone", bundle, batch_size=5, num_workers=0, precision="fp32",
+                         memmap=False).train_views(images, 1, fc)
     assert torch.equal(alone[0], v1[0])
 
 
 def test_chunk_size_and_loader_settings_never_change_the_numbers(tmp_path, setup):
     bundle, images = setup
     fc = FeatureConfig(views=2, num_workers=0)
-    ref = FeatureCache(tmp_path / "a", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+    ref = FeatureCache(tmp_path / "a", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4,
+                       precision="fp32", memmap=False)
     a = ref.train_views(images, 2, fc)
-    b = FeatureCache(tmp_path / "b", bundle, batch_size=7, num_workers=1, encode_batch=2, chunk_size=5
-                     ).train_views(images, 2, fc)  # chunk 5 -> 6 (a multiple of the encoder batch)
+    b = FeatureCache(tmp_path / "b", bundle, batch_size=7, num_workers=1, encode_batch=2, chunk_size=5,
+                     precision="fp32", memmap=False).train_views(images, 2, fc)  # chunk 5 -> 6 (x encoder batch)
     assert torch.equal(a, b)
     folder = next(p for p in (tmp_path / "a").iterdir() if p.is_dir())
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "view_000.npy", "view_001.npy"]  # joined
     # the encoder batch is part of the key: another batch is another cache entry
-    assert ref.key(images, "t") != FeatureCache(tmp_path, bundle, encode_batch=4).key(images, "t")
+    assert ref.key(images, "t") != FeatureCache(tmp_path, bundle, encode_batch=4, precision="fp32").key(images, "t")
 
 
 def test_half_written_chunks_are_never_read_and_a_rerun_resumes(tmp_path, setup, monkeypatch):
     bundle, images = setup
     fc = FeatureConfig(views=2, num_workers=0)
-    cache = FeatureCache(tmp_path / "c", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+    cache = FeatureCache(tmp_path / "c", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4,
+                         precision="fp32", memmap=False)
     real = features.encode_range
     calls = []
 
@@ -99,7 +103,8 @@ def test_half_written_chunks_are_never_read_and_a_rerun_resumes(tmp_path, setup,
     monkeypatch.setattr(features, "encode_range", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     views = cache.train_views(images, 2, fc)
     assert calls == [4, 8]  # the complete first chunk was not recomputed
-    full = FeatureCache(tmp_path / "d", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+    full = FeatureCache(tmp_path / "d", bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4,
+                        precision="fp32", memmap=False)
     assert torch.equal(views, full.train_views(images, 2, fc))
     assert not (folder / "view_000.chunks").exists()
 
@@ -109,8 +114,8 @@ def test_memory_mapped_views_match_and_training_reads_the_same_rows(tmp_path, se
 
     bundle, images = setup
     fc = FeatureConfig(views=3, num_workers=0)
-    whole = FeatureCache(tmp_path, bundle, num_workers=0).train_views(images, 3, fc)
-    mapped = FeatureCache(tmp_path, bundle, num_workers=0, memmap=True).train_views(images, 3, fc)
+    whole = FeatureCache(tmp_path, bundle, num_workers=0, precision="fp32", memmap=False).train_views(images, 3, fc)
+    mapped = FeatureCache(tmp_path, bundle, num_workers=0, precision="fp32", memmap=True).train_views(images, 3, fc)
     assert isinstance(mapped, list) and all(isinstance(m, np.memmap) for m in mapped)
     assert torch.equal(torch.from_numpy(np.stack(mapped)), whole)
     idx = torch.tensor([7, 2, 2, 9, 0])
@@ -136,7 +141,7 @@ def test_precision_resolves_per_device_and_is_in_the_key(tmp_path, setup, monkey
     assert features.cache_key(bundle, images, "t", precision="bf16") == keys["bf16"]
     # a config builds the cache with its resolved precision, recorded beside the features
     cache = FeatureCache.from_config(FeatureConfig(precision="bf16", num_workers=0, cache_dir=tmp_path), bundle)
-    f32 = FeatureCache(tmp_path, bundle, num_workers=0).test_features(images).float()
+    f32 = FeatureCache(tmp_path, bundle, num_workers=0, precision="fp32").test_features(images).float()
     f16 = cache.test_features(images).float()
     meta = json.loads(next(p for p in tmp_path.glob("*/meta.json") if '"bf16"' in p.read_text()).read_text())
     assert cache.precision == "bf16" and meta["precision"] == "bf16"
@@ -237,7 +242,8 @@ def save(path, arr):
     time.sleep(cfg["slow"])  # leaves time to be killed between chunks
 
 features.encode_range, features._save_atomic = encode, save
-cache = features.FeatureCache(cfg["cache"], bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4)
+cache = features.FeatureCache(cfg["cache"], bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4,
+                               precision="fp32", memmap=False)
 views = cache.train_views(images, 1, FeatureConfig(views=1, num_workers=0))
 np.save(cfg["out"], views.float().numpy())
 """
@@ -287,3 +293,13 @@ def test_sigkill_mid_view_resumes_from_the_last_complete_chunk(tmp_path, blob_wo
     a, b = np.load(cfg["out"]), np.load(ref["out"])
     assert a.shape == (1, 24, 32)
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(np.abs(b).max()))
+
+
+def test_feature_cache_defaults_are_the_configs():
+    """One source for a cache's settings: a FeatureCache built without them is the default FeatureConfig's."""
+    import inspect
+
+    params = inspect.signature(FeatureCache).parameters
+    fc = FeatureConfig()
+    for name in ("batch_size", "num_workers", "dtype", "precision", "chunk_size", "memmap"):
+        assert params[name].default == getattr(fc, name), name

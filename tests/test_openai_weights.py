@@ -87,9 +87,9 @@ def test_both_forms_load_to_one_digest_the_reference_features_and_one_cache(rn50
     images = ImageSet.build(sorted(p.relative_to(world).as_posix() for p in (world / "dark").rglob("*.png")),
                             None, 0, world)
     calls = _encodes(monkeypatch)
-    first = FeatureCache(tmp_path, sd, batch_size=4, num_workers=0).test_features(images)
+    first = FeatureCache(tmp_path, sd, batch_size=4, num_workers=0, precision="fp32").test_features(images)
     assert calls == [(0, 4)]
-    again = FeatureCache(tmp_path, ts, batch_size=4, num_workers=0).test_features(images)
+    again = FeatureCache(tmp_path, ts, batch_size=4, num_workers=0, precision="fp32").test_features(images)
     assert calls == [(0, 4)] and torch.equal(first, again)
 
 

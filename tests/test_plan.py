@@ -190,3 +190,41 @@ def test_dvc_lock_records_the_data_that_data_dvc_tracks():
     assert entries, f"no stage of dvc.lock depends on {root}"
     for dep in entries:  # the same files: a folder one level down has the same size and count
         assert (dep["size"], dep["nfiles"]) == (data["size"], data["nfiles"]), dep
+
+
+def test_the_toy_recipe_is_data_and_ships_with_the_package():
+    """The toy's recipe is dapl/recipes/toy.yaml (plus the registry's τ), and an installed dapl carries it."""
+    import tomllib
+    from fnmatch import fnmatch
+
+    from dapl.config import flatten
+    from dapl.resolve import RECIPES_DIR, dataset_recipe, recipe_file
+
+    written = flatten(yaml.safe_load(recipe_file("toy").read_text()))
+    assert written and "train.lr" in written and dataset_recipe("toy") == {"pseudo.tau": 0.5, **written}
+    toy = resolve_config(workdir=PROJECT_ROOT)
+    assert {k: toy.flat()[k] for k in written} == written
+    assert dataset_recipe("office_home") == {"pseudo.tau": 0.6}  # no recipe file: the preset as it is
+    globs = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["dapl"]
+    for f in RECIPES_DIR.iterdir():
+        assert any(fnmatch(str(f.relative_to(PROJECT_ROOT / "dapl")), g) for g in globs), f
+
+
+def test_dapl_config_says_where_each_value_came_from(tmp_path, monkeypatch):
+    """Three layers: the preset (with the dataset's recipe), the file, the overrides; the printed YAML is the
+    resolved config itself."""
+    from dapl.resolve import config_layers, format_config
+
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"train": {"epochs": 9}, "features": {"views": 2}}))
+    layers = config_layers(f, preset="official", overrides={"train.epochs": 3}, workdir=tmp_path)
+    origins = layers.origins()
+    assert origins["prompt.text"] == "preset official" and origins["prompt.m1"] == "preset official"
+    assert origins["train.lr"] == "recipe " + str(PROJECT_ROOT / "dapl" / "recipes" / "toy.yaml")
+    assert origins["pseudo.tau"] == "the toy dataset (registry)"
+    assert origins["features.views"] == "c.yaml" and origins["train.epochs"] == "override"
+    assert origins["preset"] == "override" and set(origins) == set(layers.resolve().flat())
+    text = format_config(layers)
+    assert yaml.safe_load(text) == layers.resolve().to_dict()
+    assert "  epochs: 3  # override\n" in text and "  views: 2  # c.yaml\n" in text

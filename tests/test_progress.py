@@ -195,7 +195,8 @@ def test_index_and_extraction_log_progress_off_a_terminal(caplog, blob_world, ti
     m = index_dataset("folder", blob_world, progress="log", check_counts=False)
     bundle = load_clip(ModelConfig(name=str(tiny_config_dir / "tiny-rn.json"), pretrained=None, device="cpu"))
     images = m.image_set(["light"])
-    FeatureCache(tmp_path, bundle, batch_size=8, num_workers=0, progress="log").test_features(images, "light test")
+    cache = FeatureCache(tmp_path, bundle, batch_size=8, num_workers=0, precision="fp32", progress="log")
+    cache.test_features(images, "light test")
     got = [r.getMessage() for r in caplog.records if r.name == "dapl.progress"]
     assert len(got) == 2
     assert got[0].startswith(f"verify folder: done {m.n_ok}/{m.n_ok} img (100 %) in ")

@@ -60,7 +60,7 @@ def test_cached_shared_path_matches_online_77_token_reference(tmp_path, blob_wor
     bundle = load_clip(cfg.model)
     task = blob_task(blob_world, per_class=3)
     imgs = task.target
-    cache = FeatureCache(cfg.features.cache_dir, bundle, 8, 0, "float32")
+    cache = FeatureCache(cfg.features.cache_dir, bundle, 8, 0, "float32", precision="fp32", memmap=False)
     cached = cache.test_features(imgs)
     learner = PromptLearner(bundle, task.classnames, task.domains, PromptConfig(m1=3, m2=2))
     y = torch.as_tensor(imgs.labels)
@@ -246,7 +246,7 @@ def test_prompts_artifacts_roundtrip_and_classifier(tmp_path, blob_world, vit):
     assert probs.shape == (8, 4)
     assert_close(probs.sum(1), np.ones(8))
     # the classifier reproduces the trainer's own predictions on the target test view
-    cache = FeatureCache(cfg.features.cache_dir, bundle, 16, 0, "float32")
+    cache = FeatureCache(cfg.features.cache_dir, bundle, 16, 0, "float32", precision="fp32", memmap=False)
     f = F.normalize(cache.test_features(task.target.subset(range(8))).float(), dim=-1)
     text = F.normalize(res.model.prompts.text_features(), dim=-1)[1]
     assert (probs.argmax(1) == (f @ text.T).argmax(1).numpy()).all()

@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from dapl.datasets.problems import find_problems, problem_counts
+from dapl.datasets.registry import DEFAULT_TAU
 from dapl.imageset import ImageSet
 
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {
@@ -44,7 +45,7 @@ class Manifest:
     class_folders: list[str] = field(default_factory=list)
     domain_folders: list[str] = field(default_factory=list)
     metric: str = "accuracy"
-    tau: float = 0.5
+    tau: float = DEFAULT_TAU
     notes: list[dict] = field(default_factory=list)  # dataset-level problems found while indexing
 
     # -- persistence ---------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ class Manifest:
         return cls(df=df, root=base, dataset=meta["dataset"], classes=list(meta["classes"]),
                    domains=list(meta["domains"]), class_folders=list(meta.get("class_folders", [])),
                    domain_folders=list(meta.get("domain_folders", [])), metric=meta.get("metric", "accuracy"),
-                   tau=float(meta.get("tau", 0.5)), notes=list(meta.get("notes", [])))
+                   tau=float(meta.get("tau", DEFAULT_TAU)), notes=list(meta.get("notes", [])))
 
     # -- views ---------------------------------------------------------------------------------------
     @property
