@@ -9,18 +9,17 @@ from pathlib import Path
 
 import torch
 
-from dapl.config import DaplConfig
+from dapl.config import SECTIONS, DaplConfig
 from dapl.imageset import AdaptationData
 
 CHECKPOINT = "checkpoint.pt"
-TRAIN_SECTIONS = ("model", "prompt", "pseudo", "features", "train", "eval", "data")
 
 
 def run_identity(cfg: DaplConfig, model_identity: str, data: AdaptationData) -> str:
     """The configuration, plus the weights' identity and the images' fingerprints: the same config path can point
     at a retrained checkpoint or a regenerated dataset."""
     tt = data.target_test
-    parts = [cfg.digest(*TRAIN_SECTIONS), model_identity, data.source.fingerprint(), data.target.fingerprint(),
+    parts = [cfg.digest(*SECTIONS), model_identity, data.source.fingerprint(), data.target.fingerprint(),
              tt.fingerprint() if tt is not None else ""]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import dapl
 from dapl.config import DaplConfig
-from dapl.plan import RUN_SECTIONS
 
 DAPL_SOURCES = Path(dapl.__file__).resolve().parent
 # what a finished run wrote (dapl.run.write_outputs and the trainer's checkpoint); plots are drawn per label
@@ -40,8 +39,9 @@ def code_version() -> str:
 
 def run_key(cfg: DaplConfig, model_identity: str, task) -> str:
     """The key of ``cfg``'s run on ``task`` (a :class:`dapl.imageset.AdaptationData`) with that model."""
-    sets = [s.fingerprint() if s is not None else "" for s in (task.source, task.target, task.target_test)]
-    parts = [cfg.digest(*RUN_SECTIONS), model_identity, *sets, code_version()]
+    from dapl.checkpoint import run_identity  # torch: only once a run is planned, not on the flow's import
+
+    parts = [run_identity(cfg, model_identity, task), code_version()]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
 
 
