@@ -308,7 +308,7 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--runs-dir", help=f"default: runs/{kind}/<dataset>-<config digest>")
         b.add_argument("--quiet", action="store_true", help="no per-run progress bars")
         if kind == "benchmark":
-            b.add_argument("--methods", help="default: zero_shot,source_only,dapl")
+            b.add_argument("--methods", help="default: zero_shot,source_only,dapl (also: dapl+)")
             b.add_argument("--pairs", help="e.g. 'art->real,real->art' (default: the dataset's pairs)")
         else:
             b.add_argument("--pair", help="e.g. 'real->art' (default: data.source->data.target)")

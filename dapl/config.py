@@ -101,6 +101,15 @@ class PseudoLabelConfig(_Section):
     tau: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold; null = the dataset's "
                               "default (DatasetSpec.tau in dapl/datasets/registry.py)")
     enabled: bool = Field(True, description="false = source-only prompt learning (no target loss)")
+    templates: str | list[str] | None = Field(
+        None, description="the zero-shot labeller as a template ensemble (each class: the normalised mean over "
+        "templates): a set of dapl/templates.py (clip-imagenet-80, clip-imagenet-7, toy-captions) or a list; "
+        "null = `template` alone (the paper)")
+    refresh: Literal["none", "linear", "constant"] = Field(
+        "none", description="relabel the target every refresh_every epochs from (1-w)·p_zero_shot + w·p_model: "
+        "w = epoch/epochs (linear, as DAMP), refresh_weight (constant), or 0 (none: the paper)")
+    refresh_every: int = Field(1, ge=1, description="epochs between relabellings of the target")
+    refresh_weight: float = Field(0.5, ge=0.0, le=1.0, description="w of the constant schedule")
 
 
 class FeatureConfig(_Section):
@@ -148,9 +157,10 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """What is reported, and how a label-free epoch is chosen."""
 
-    selection: Literal["last", "source_val", "pl_agreement"] = Field(
+    selection: Literal["last", "source_val", "pl_agreement", "entropy", "im", "snd"] = Field(
         "last", description="'last' (default, honest), 'source_val' (lowest loss on held-out source images), "
-        "'pl_agreement' (highest agreement with confident zero-shot target pseudo-labels)")
+        "'pl_agreement' (highest agreement with confident zero-shot target pseudo-labels), or a validator of "
+        "dapl/validators.py: 'entropy', 'im' (information maximisation), 'snd' (soft neighbourhood density)")
     source_val_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="source images held out for selection")
 
 

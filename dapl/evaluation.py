@@ -10,11 +10,12 @@ from dapl.losses import dapl_loss
 from dapl.metrics import Metrics, headline, target_metrics
 from dapl.model import DaplModel, normalize
 from dapl.pseudo_labels import PseudoLabels
+from dapl.validators import score_all
 
 
 class EpochScores:
     """Target metrics (reporting only), and the label-free scores selection reads: agreement with the zero-shot
-    pseudo-labels and the loss on held-out source images."""
+    pseudo-labels, the loss on held-out source images and the validators of :mod:`dapl.validators`."""
 
     def __init__(self, data: AdaptationData, target_test: torch.Tensor, source_test: torch.Tensor,
                  val_idx: torch.Tensor, zero_shot: PseudoLabels, loss: str):
@@ -26,14 +27,15 @@ class EpochScores:
                     torch.as_tensor(data.source.labels, device=dev)[vi]) if len(val_idx) else None
 
     @torch.no_grad()
-    def target(self, model: DaplModel, text: torch.Tensor) -> tuple[dict[str, Metrics], np.ndarray]:
-        """Per-domain metrics and predictions of the evaluation images, each with its own domain's prompts."""
-        pred = model.predict(self.target_test, self.target_domains, text)[0].cpu().numpy()
-        return target_metrics(self.data, pred), pred
+    def target(self, model: DaplModel, text: torch.Tensor) -> tuple[dict[str, Metrics], np.ndarray, torch.Tensor]:
+        """Per-domain metrics, predictions and probabilities of the evaluation images (own-domain prompts)."""
+        pred, probs = model.predict(self.target_test, self.target_domains, text)
+        pred = pred.cpu().numpy()
+        return target_metrics(self.data, pred), pred, probs
 
     @torch.no_grad()
     def __call__(self, model: DaplModel, text: torch.Tensor) -> tuple[dict, dict[str, Metrics]]:
-        ms, pred = self.target(model, text)
+        ms, pred, probs = self.target(model, text)
         out = headline(ms, self.data.metric)
         zs = self.zero_shot
         if bool(zs.mask.any()):
@@ -43,4 +45,4 @@ class EpochScores:
             f, d, y = self.val
             _, parts = dapl_loss(text, model.logit_scale, normalize(f), d, y, kind=self.loss)
             out["source_val_loss"] = float(parts["loss_source"])
-        return out, ms
+        return out | score_all(probs), ms

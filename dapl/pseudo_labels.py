@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from dapl.config import PseudoLabelConfig
 from dapl.imageset import AdaptationData
 from dapl.metrics import headline, target_metrics
 from dapl.model import clip_logits, normalize
 from dapl.models import ClipBundle
 from dapl.prompts import prompt_classname
+from dapl.templates import resolve_templates
 
 
-def zero_shot_text(bundle: ClipBundle, classnames: list[str], template: str) -> torch.Tensor:
+def zero_shot_text(bundle: ClipBundle, classnames: list[str], templates: str | Sequence[str]) -> torch.Tensor:
     """The hand-written prompt for every class, encoded once: ``[K, E]`` L2-normalised (class names written as
-    the prompt builder writes them: ``_`` -> space)."""
-    if "{}" not in template:
-        raise ValueError(f"pseudo.template={template!r} needs a '{{}}' where the class name goes")
-    return normalize(bundle.encode_texts([template.format(prompt_classname(c)) for c in classnames]))
+    the prompt builder writes them: ``_`` -> space). Several templates: each class's normalised mean over them
+    (CLIP's prompt ensembling); one template is exactly the single prompt."""
+    ts = [templates] if isinstance(templates, str) else list(templates)
+    bad = [t for t in ts if "{}" not in t]
+    if bad or not ts:
+        raise ValueError(f"pseudo.template(s)={bad or ts!r}: each template needs a '{{}}' where the class name goes")
+    names = [prompt_classname(c) for c in classnames]
+    if len(ts) == 1:
+        return normalize(bundle.encode_texts([ts[0].format(c) for c in names]))
+    feats = normalize(bundle.encode_texts([t.format(c) for c in names for t in ts]))
+    return normalize(feats.view(len(names), len(ts), -1).mean(1))
+
+
+def labeller_templates(cfg: PseudoLabelConfig) -> list[str]:
+    """The zero-shot labeller's templates as ``cfg`` names them (the ensemble, else the one template)."""
+    return resolve_templates(cfg.template, cfg.templates)
+
+
+def blend_weight(cfg: PseudoLabelConfig, epoch: int, epochs: int) -> float:
+    """``w`` of ``(1 - w)·p_zero_shot + w·p_model`` in ``epoch`` (0-based): 0 for the paper."""
+    if cfg.refresh == "linear":
+        return epoch / epochs
+    return cfg.refresh_weight if cfg.refresh == "constant" else 0.0
 
 
 @dataclass
@@ -44,10 +66,16 @@ class PseudoLabels:
 
 
 @torch.no_grad()
-def pseudo_label(features: torch.Tensor, text: torch.Tensor, scale: float | torch.Tensor,
-                 tau: float) -> PseudoLabels:
-    """``features [..., N, E]`` (raw image features, any leading view dims) -> labels with shape ``[..., N]``."""
+def pseudo_label(features: torch.Tensor, text: torch.Tensor, scale: float | torch.Tensor, tau: float,
+                 model_probs: torch.Tensor | None = None, weight: float = 0.0) -> PseudoLabels:
+    """``features [..., N, E]`` (raw image features, any leading view dims) -> labels with shape ``[..., N]``.
+
+    With ``model_probs [N, K]`` and ``weight`` w > 0 the labels come from ``(1 - w)·p_zero_shot + w·p_model``
+    (τ applies to the blend); w = 0 is the paper's labeller exactly.
+    """
     probs = clip_logits(normalize(features), text, scale).softmax(dim=-1)
+    if model_probs is not None and weight:
+        probs = (1 - weight) * probs + weight * model_probs
     conf, lab = probs.max(dim=-1)
     return PseudoLabels(lab, conf, conf >= tau, tau)
 

@@ -19,7 +19,7 @@ from dapl.imageset import AdaptationData
 from dapl.metrics import target_metrics
 from dapl.models import ClipBundle, load_clip
 from dapl.paths import default_manifest
-from dapl.pseudo_labels import pseudo_label, zero_shot_report, zero_shot_text
+from dapl.pseudo_labels import labeller_templates, pseudo_label, zero_shot_report, zero_shot_text
 from dapl.train import TrainResult, train
 
 
@@ -89,7 +89,7 @@ def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Adaptatio
     bundle = bundle or load_clip(cfg.model)
     fc = cfg.features
     cache = FeatureCache.from_config(fc, bundle, progress=progress)
-    text = zero_shot_text(bundle, task.classnames, cfg.pseudo.template)
+    text = zero_shot_text(bundle, task.classnames, labeller_templates(cfg.pseudo))
     feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
     stats, report = zero_shot_report(task, pseudo_label(feats, text, bundle.logit_scale, cfg.tau))
     out = {"tau": cfg.tau, "coverage": stats["coverage"], "pl_accuracy": stats["accuracy"],
@@ -145,6 +145,7 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationData, res
         "selection": res.selection,
         "oracle": res.oracle,
         "diverged": res.diverged,
+        "validators": res.validators,
         "no_pseudo_labels": uses_pseudo_labels(cfg) and not res.pseudo.get("coverage"),
         "zero_shot": {k: v for k, v in res.zero_shot.items() if k != "metrics"},
         "pseudo_labels": res.pseudo,

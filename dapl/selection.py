@@ -6,7 +6,8 @@ import copy
 
 from dapl.model import DaplModel
 
-CRITERIA = {"source_val": ("source_val_loss", -1.0), "pl_agreement": ("pl_agreement", 1.0)}  # key, sign
+CRITERIA = {"source_val": ("source_val_loss", -1.0), "pl_agreement": ("pl_agreement", 1.0),  # key, sign
+            "entropy": ("val_entropy", 1.0), "im": ("val_im", 1.0), "snd": ("val_snd", 1.0)}
 
 
 def update_best(best: dict | None, rec: dict, criterion: str, model: DaplModel) -> dict | None:

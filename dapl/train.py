@@ -26,8 +26,9 @@ from dapl.metrics import Metrics, headline
 from dapl.model import DaplModel, normalize
 from dapl.models import ClipBundle, train_transform
 from dapl.progress import Progress
-from dapl.pseudo_labels import pseudo_label, zero_shot_report, zero_shot_text
+from dapl.pseudo_labels import blend_weight, labeller_templates, pseudo_label, zero_shot_report, zero_shot_text
 from dapl.selection import oracle, selected, update_best
+from dapl.validators import selection_report
 from dapl.views import CachedViews, OnlineViews
 
 STEP_STATS = ("loss", "loss_source", "loss_target", "pl_pass", "pl_correct", "pl_seen", "grad_clipped")
@@ -44,6 +45,7 @@ class TrainResult:
     pseudo: dict
     target_metrics: dict[str, Metrics] = field(default_factory=dict)
     diverged: dict | None = None  # first epoch whose prompts broke (dapl.divergence)
+    validators: dict = field(default_factory=dict)  # per label-free criterion: its epoch, accuracy, regret
 
 
 @dataclass
@@ -73,6 +75,12 @@ class TrainStep:
         self.model, self.opt, self.sched, self.tc = model, opt, sched, tc
         self.source, self.target, self.zs_text, self.tau = source, target, zs_text, tau
         self.params = [p for g in opt.param_groups for p in g["params"]]
+        self.model_probs: torch.Tensor | None = None  # [N_target, K]: the blend partner of refreshed labels
+        self.weight = 0.0
+
+    def blend(self, model_probs: torch.Tensor | None, weight: float) -> None:
+        """Pseudo-labels from ``(1 - weight)·p_zero_shot + weight·model_probs`` from now on (0: the paper)."""
+        self.model_probs, self.weight = model_probs, weight
 
     def __call__(self, si: torch.Tensor, ti: torch.Tensor | None, gen: torch.Generator) -> dict[str, float]:
         """Source indices ``si``, target indices ``ti`` (None: source only); ``gen`` draws the views."""
@@ -84,7 +92,8 @@ class TrainStep:
             if ti is not None:
                 tgt, t = self.target, ti.to(dev)
                 tgt_raw = tgt.views(ti, gen)
-                pl = pseudo_label(tgt_raw, self.zs_text, self.model.logit_scale, self.tau)
+                prior = None if self.model_probs is None else self.model_probs[t]
+                pl = pseudo_label(tgt_raw, self.zs_text, self.model.logit_scale, self.tau, prior, self.weight)
                 kw = {"tgt_img": normalize(tgt_raw), "tgt_dom": tgt.domains[t], "tgt_pl": pl.labels,
                       "tgt_mask": pl.mask}
                 out["pl_pass"], out["pl_seen"] = float(pl.mask.sum()), float(len(ti))
@@ -128,8 +137,9 @@ def make_optimizer(model: DaplModel, tc: TrainConfig, iters: int
 
 
 def load_features(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, progress: str | bool
-                  ) -> tuple[Callable, Callable, torch.Tensor, torch.Tensor]:
-    """Train-view samplers of both sides and the test-view features of the source and evaluation images."""
+                  ) -> tuple[Callable, Callable, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Train-view samplers of both sides, the test-view features of the source and evaluation images, and of
+    the target's adaptation images when refreshed pseudo-labels need them (None otherwise)."""
     fc, dev = cfg.features, bundle.device
     cache = FeatureCache.from_config(fc, bundle, progress=progress)
     src_test = cache.test_features(data.source, desc="source test view").to(dev)
@@ -140,7 +150,10 @@ def load_features(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, pro
     else:
         tf = train_transform(bundle, fc)
         s, t = OnlineViews(bundle, data.source, tf), OnlineViews(bundle, data.target, tf)
-    return s, t, src_test, tgt_test
+    if cfg.pseudo.refresh == "none":
+        return s, t, src_test, tgt_test, None
+    own = tgt_test if data.target_test is None else cache.test_features(data.target, desc="target adaptation view")
+    return s, t, src_test, tgt_test, own.to(dev)
 
 
 def split_source(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,8 +209,8 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
     tc, dev, out, K = cfg.train, bundle.device, Path(cfg.output_dir), len(data.classnames)
     model = DaplModel(bundle, data.classnames, data.domains, cfg.prompt, cfg.pseudo.template)
     model.prompts.reset_parameters(tc.seed)
-    src_views, tgt_views, src_test, tgt_test = load_features(cfg, bundle, data, progress)
-    zs_text = zero_shot_text(bundle, data.classnames, cfg.pseudo.template)
+    src_views, tgt_views, src_test, tgt_test, tgt_own = load_features(cfg, bundle, data, progress)
+    zs_text = zero_shot_text(bundle, data.classnames, labeller_templates(cfg.pseudo))
     zs = pseudo_label(tgt_test, zs_text, model.logit_scale, cfg.tau)
     pseudo, zero_shot = zero_shot_report(data, zs)
     train_idx, val_idx = split_source(len(data.source), cfg.eval.source_val_fraction, tc.seed)
@@ -215,11 +228,13 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
     probe = divergence.SourceProbe(src_test, data.source)
     probe_init = probe(model, _text(model, tc))  # the freshly initialised prompts, before any resume
     identity, history, best, diverged, start = run_identity(cfg, bundle.identity, data), [], None, None, 0
+    target_probs = None  # the target prompts' probabilities at the last relabelling (refresh)
     if ck := load_checkpoint(out, identity, resume):
         model.prompts.load_context(ck["context"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         history, best, diverged, start = list(ck["history"]), ck["best"], ck.get("diverged"), int(ck["epoch"])
+        target_probs = ck.get("target_probs")
     use_target, labelled_target = cfg.pseudo.enabled and len(data.target) > 0, bool((data.target.labels >= 0).all())
     ms: dict[str, Metrics] = {}
 
@@ -228,6 +243,10 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
             gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)  # (seed, epoch) alone: exact resume
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]
             torder = torch.randperm(len(data.target), generator=gen) if use_target else None
+            w = blend_weight(cfg.pseudo, epoch, tc.epochs)
+            if w and (epoch % cfg.pseudo.refresh_every == 0 or target_probs is None):  # relabel: one product
+                target_probs = model.predict(tgt_own, step.target.domains, _text(model, tc))[1]
+            step.blend(target_probs, w)
             sums = dict.fromkeys(STEP_STATS, 0.0)
             for it in range(iters):
                 si = order[it * tc.batch_source:(it + 1) * tc.batch_source]
@@ -240,6 +259,8 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
             rec = epoch_record(epoch, opt.param_groups[0]["lr"], sums, iters, epoch_scores, bool(tc.max_grad_norm),
                                labelled_target)
             rec["probe_source_loss"], rec["probe_source_acc"] = probe(model, text)
+            if cfg.pseudo.refresh != "none":
+                rec["pl_weight"] = w
             broke = divergence.check(rec, probe_init, K)
             if broke and diverged is None:
                 diverged = broke
@@ -252,10 +273,10 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
                 save_checkpoint(out, {"epoch": epoch + 1, "digest": identity,
                                       "context": model.prompts.context_tensors(), "optimizer": opt.state_dict(),
                                       "scheduler": sched.state_dict(), "history": history, "best": best,
-                                      "diverged": diverged})
+                                      "diverged": diverged, "target_probs": target_probs})
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec.get('target_acc', float('nan')):.1f}")
 
     ms = ms or scores.target(model, _text(model, tc))[0]
     final = history[-1] if history else {}
     return TrainResult(model, history, final, zero_shot, selected(best, final, cfg.eval.selection), oracle(history),
-                       pseudo, ms, diverged)
+                       pseudo, ms, diverged, selection_report(history))

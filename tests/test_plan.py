@@ -109,6 +109,17 @@ def test_source_only_has_daplss_prompt_length_init_and_epochs():
     assert dapl.prompt == base.prompt and dapl.pseudo.enabled
 
 
+def test_dapl_plus_is_dapl_with_pseudo_labels_that_learn_and_off_by_default():
+    base = resolve_config(workdir=PROJECT_ROOT)
+    dapl = run_config(base, RunSpec("real", "art", 1, "dapl"), "/r")
+    plus = run_config(base, RunSpec("real", "art", 1, "dapl+"), "/r")
+    assert dapl.pseudo.refresh == "none" and dapl.pseudo.templates is None
+    assert plus.pseudo.refresh == "linear" and plus.pseudo.templates == "toy-captions"
+    assert plus.prompt == dapl.prompt and plus.train == dapl.train and plus.tau == dapl.tau
+    assert "dapl+" not in Sweep.parse("benchmark").methods
+    assert "dapl+" in Sweep.parse("benchmark", methods="dapl,dapl+").methods
+
+
 def test_layers_preset_recipe_file_arguments(tmp_path):
     toy = resolve_config(workdir=tmp_path)
     assert recipe(toy)["prompt.m1"] == 16 and toy.train.epochs == 25 and toy.features.views == 4  # paper + registry

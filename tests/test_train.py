@@ -299,7 +299,7 @@ def test_max_grad_norm_bounds_a_step(tmp_path, blob_world, vit):
                                          "output_dir": str(tmp_path / f"r{max_norm}")})
         model = DaplModel(bundle, task.classnames, task.domains, cfg.prompt, cfg.pseudo.template)
         model.prompts.reset_parameters(cfg.train.seed)
-        src_views, tgt_views, _, _ = load_features(cfg, bundle, task, progress=False)
+        src_views, tgt_views, *_ = load_features(cfg, bundle, task, progress=False)
         opt, sched = make_optimizer(model, cfg.train, iters=4)
         step = TrainStep(model, opt, sched, cfg.train, Side.of(src_views, task.source, bundle.device),
                          Side.of(tgt_views, task.target, bundle.device),
@@ -335,3 +335,80 @@ def test_divergence_floor_needs_prompts_that_read_the_class():
     assert bad["diverged"] and broke["epoch"] == 2 and broke["floor"] == pytest.approx(0.575)
     nan = {"epoch": 3, "loss": float("nan"), "probe_source_loss": 1.0, "probe_source_acc": 0.9}
     assert divergence.check(nan, init, K) is not None and nan["diverged"]
+
+
+def test_refreshed_labels_blend_zero_shot_and_model():
+    """w = 0 is the paper's labeller exactly; w = 1 the model's argmax; τ applies to the blend."""
+    from dapl.pseudo_labels import pseudo_label
+
+    g = torch.Generator().manual_seed(0)
+    feats, text = torch.randn(50, 8, generator=g), F.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    model = torch.randn(50, 4, generator=g).softmax(-1)
+    paper = pseudo_label(feats, text, 10.0, 0.3)
+    same = pseudo_label(feats, text, 10.0, 0.3, model, 0.0)
+    assert torch.equal(same.labels, paper.labels) and torch.equal(same.confidence, paper.confidence)
+    full = pseudo_label(feats, text, 10.0, 0.0, model, 1.0)
+    assert torch.equal(full.labels, model.argmax(-1))
+    half = pseudo_label(feats, text, 10.0, 0.6, model, 0.5)
+    blend = 0.5 * (10.0 * F.normalize(feats, dim=-1) @ text.T).softmax(-1) + 0.5 * model
+    assert_close(half.confidence, blend.max(-1).values)
+    assert torch.equal(half.mask, half.confidence >= 0.6)
+
+
+def test_template_ensemble_is_the_normalised_mean(tmp_path, vit):
+    from dapl.pseudo_labels import zero_shot_text
+
+    bundle = load_clip(make_cfg(tmp_path, vit).model)
+    names = ["dog", "traffic_light"]
+    one = zero_shot_text(bundle, names, "a photo of a {}.")
+    assert torch.equal(zero_shot_text(bundle, names, ["a photo of a {}."]), one)
+    two = zero_shot_text(bundle, names, ["a photo of a {}.", "a drawing of a {}."])
+    other = zero_shot_text(bundle, names, "a drawing of a {}.")
+    assert_close(two, F.normalize(one + other, dim=-1))
+    with pytest.raises(ValueError, match="needs a"):
+        zero_shot_text(bundle, names, ["a photo of a {}.", "no slot"])
+
+
+def test_resume_with_refreshed_labels_is_exact(tmp_path, blob_world, vit):
+    """A run that relabels every 2 epochs, killed after epoch 1, resumes to the same prompts: the blend partner
+    computed at epoch 0 travels in the checkpoint."""
+    import dapl.train as tr
+    from dapl.checkpoint import CHECKPOINT
+
+    task = blob_task(blob_world)
+    over = {"train.epochs": 3, "pseudo.refresh": "constant", "pseudo.refresh_every": 2, "pseudo.tau": 0.0}
+    bundle = load_clip(make_cfg(tmp_path, vit).model)
+    full = train(make_cfg(tmp_path / "a", vit, **over), bundle, task, progress=False)
+    assert [r["pl_weight"] for r in full.history] == [0.5, 0.5, 0.5]
+    part_cfg = make_cfg(tmp_path / "b", vit, **over)
+    saved, orig = {}, tr.save_checkpoint
+
+    def spy(out_dir, state):
+        orig(out_dir, state)
+        if state["epoch"] == 1:
+            assert state["target_probs"] is not None
+            saved["ck"] = (Path(out_dir) / CHECKPOINT).read_bytes()
+
+    tr.save_checkpoint = spy
+    try:
+        train(part_cfg, bundle, task, progress=False)
+    finally:
+        tr.save_checkpoint = orig
+    (Path(part_cfg.output_dir) / CHECKPOINT).write_bytes(saved["ck"])
+    resumed = train(part_cfg, bundle, task, progress=False)
+    for k, v in full.model.prompts.context_tensors().items():
+        assert torch.equal(v, resumed.model.prompts.context_tensors()[k])
+    paper = train(make_cfg(tmp_path / "c", vit, **{**over, "pseudo.refresh": "none"}), bundle, task, progress=False)
+    assert any(not torch.equal(v, paper.model.prompts.context_tensors()[k])
+               for k, v in full.model.prompts.context_tensors().items())
+
+
+def test_validators_are_scored_per_epoch_and_against_the_oracle(tmp_path, blob_world, vit):
+    cfg = make_cfg(tmp_path, vit, **{"train.epochs": 3, "eval.selection": "im"})
+    res = train(cfg, load_clip(cfg.model), blob_task(blob_world), progress=False)
+    assert all({"val_entropy", "val_im", "val_snd"} <= set(r) for r in res.history)
+    best_im = max(res.history, key=lambda r: r["val_im"])
+    assert res.selection["epoch"] == best_im["epoch"]
+    im = res.validators["val_im"]
+    assert im["epoch"] == best_im["epoch"]
+    assert im["regret"] == pytest.approx(im["oracle_target_metric"] - im["target_metric"]) and im["regret"] >= 0
