@@ -163,29 +163,34 @@ def test_training_neither_reads_nor_reseeds_the_global_rng(tmp_path, blob_world,
     assert [r["target_acc"] for r in b.history] == [r["target_acc"] for r in a.history]
 
 
+def kill_after_checkpoint(cfg: DaplConfig, bundle, task: AdaptationData, epoch: int) -> dict:
+    """Train to the end, then roll the checkpoint back to the one written after ``epoch``: what a kill right after
+    that checkpoint leaves. Returns that checkpoint's state."""
+    import dapl.train as tr
+    from dapl.checkpoint import CHECKPOINT
+
+    saved, orig = {}, tr.save_checkpoint
+
+    def spy(out_dir, state):
+        orig(out_dir, state)
+        if state["epoch"] == epoch:
+            saved["ck"], saved["state"] = (Path(out_dir) / CHECKPOINT).read_bytes(), state
+
+    tr.save_checkpoint = spy
+    try:
+        train(cfg, bundle, task, progress=False)
+    finally:
+        tr.save_checkpoint = orig
+    (Path(cfg.output_dir) / CHECKPOINT).write_bytes(saved["ck"])
+    return saved["state"]
+
+
 def test_resume_from_epoch_checkpoint(tmp_path, blob_world, vit):
     task = blob_task(blob_world)
     bundle = load_clip(make_cfg(tmp_path, vit).model)
     full = train(make_cfg(tmp_path / "a", vit, **{"train.epochs": 3}), bundle, task, progress=False)
     part_cfg = make_cfg(tmp_path / "b", vit, **{"train.epochs": 3})
-    # simulate a kill right after epoch 2's checkpoint: run 3 epochs, then roll the checkpoint back
-    import dapl.train as tr
-    from dapl.checkpoint import CHECKPOINT
-
-    saved = {}
-    orig = tr.save_checkpoint
-
-    def spy(out_dir, state):
-        orig(out_dir, state)
-        if state["epoch"] == 2:
-            saved["ck"] = (Path(out_dir) / CHECKPOINT).read_bytes()
-
-    tr.save_checkpoint = spy
-    try:
-        train(part_cfg, bundle, task, progress=False)
-    finally:
-        tr.save_checkpoint = orig
-    (Path(part_cfg.output_dir) / CHECKPOINT).write_bytes(saved["ck"])
+    kill_after_checkpoint(part_cfg, bundle, task, epoch=2)  # a kill right after epoch 2's checkpoint
     seen = []
     resumed = train(part_cfg, bundle, task, on_epoch=lambda r: seen.append(r["epoch"]), progress=False)
     assert seen == [3]
@@ -372,29 +377,14 @@ def test_template_ensemble_is_the_normalised_mean(tmp_path, vit):
 def test_resume_with_refreshed_labels_is_exact(tmp_path, blob_world, vit):
     """A run that relabels every 2 epochs, killed after epoch 1, resumes to the same prompts: the blend partner
     computed at epoch 0 travels in the checkpoint."""
-    import dapl.train as tr
-    from dapl.checkpoint import CHECKPOINT
-
     task = blob_task(blob_world)
     over = {"train.epochs": 3, "pseudo.refresh": "constant", "pseudo.refresh_every": 2, "pseudo.tau": 0.0}
     bundle = load_clip(make_cfg(tmp_path, vit).model)
     full = train(make_cfg(tmp_path / "a", vit, **over), bundle, task, progress=False)
     assert [r["pl_weight"] for r in full.history] == [0.5, 0.5, 0.5]
     part_cfg = make_cfg(tmp_path / "b", vit, **over)
-    saved, orig = {}, tr.save_checkpoint
-
-    def spy(out_dir, state):
-        orig(out_dir, state)
-        if state["epoch"] == 1:
-            assert state["target_probs"] is not None
-            saved["ck"] = (Path(out_dir) / CHECKPOINT).read_bytes()
-
-    tr.save_checkpoint = spy
-    try:
-        train(part_cfg, bundle, task, progress=False)
-    finally:
-        tr.save_checkpoint = orig
-    (Path(part_cfg.output_dir) / CHECKPOINT).write_bytes(saved["ck"])
+    state = kill_after_checkpoint(part_cfg, bundle, task, epoch=1)
+    assert state["target_probs"] is not None
     resumed = train(part_cfg, bundle, task, progress=False)
     for k, v in full.model.prompts.context_tensors().items():
         assert torch.equal(v, resumed.model.prompts.context_tensors()[k])
