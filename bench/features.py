@@ -19,18 +19,11 @@ import torch
 from PIL import Image
 
 from bench.common import gflop, interleaved, loadavg, machine_info, md_table, timed, write_block
+from dapl.clip import ClipBundle, load_clip
 from dapl.config import FeatureConfig, ModelConfig
-from dapl.features import (
-    ENCODE_BATCH,
-    TORCH_DTYPES,
-    ExtractStats,
-    FeatureCache,
-    ImageEncoder,
-    cpu_has_native_bf16,
-    resolve_precision,
-)
+from dapl.encoder import TORCH_DTYPES, ImageEncoder, cpu_has_native_bf16, resolve_precision
+from dapl.features import ENCODE_BATCH, ExtractStats, FeatureCache
 from dapl.imageset import ImageSet
-from dapl.models import ClipBundle, load_clip
 
 
 def write_jpegs(root: Path, n: int, size: tuple[int, int] = (480, 360), seed: int = 0) -> ImageSet:
@@ -147,7 +140,7 @@ def threads_vs_processes(model_name: str, precision: str, reps: int = 3) -> list
 
 # -- BatchNorm folding at reduced precision ------------------------------------------------------------
 def fold_gain(bundle: ClipBundle, precision: str, rounds: int = 6) -> tuple[float, float]:
-    """Encoder-alone images/s without and with the BatchNorms folded (``dapl.features.fold_batchnorm``),
+    """Encoder-alone images/s without and with the BatchNorms folded (``dapl.encoder.fold_batchnorm``),
     interleaved in one process (the order swaps every round), medians over rounds."""
     plain = ImageEncoder(bundle, precision, fold_bn=False)
     folded = ImageEncoder(bundle, precision)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dapl.clip import ClipBundle
 from dapl.losses import dapl_loss, masked_mean
 from dapl.model import DaplModel, normalize
-from dapl.models import ClipBundle
 from dapl.prompts import PromptLearner
 from dapl.pseudo_labels import pseudo_label, zero_shot_text
 

@@ -25,7 +25,7 @@ import polars as pl
 import torch
 
 from bench.common import loadavg, md_table, write_block
-from dapl.features import resolve_precision
+from dapl.encoder import resolve_precision
 
 LIMIT_POINTS = 0.3
 
@@ -66,11 +66,11 @@ def feature_effects(config: str, precisions: list[str], device: str
     """Over the test view of every image of the toy manifest: cosine of each precision's features to fp32
     (min, mean, max 1 − cos), and zero-shot accuracy per domain (hand-written template; a pair's zero-shot
     accuracy is its target domain's, so this covers every pair exactly, with no training)."""
+    from dapl.clip import load_clip
     from dapl.config import DaplConfig
     from dapl.features import FeatureCache
-    from dapl.models import load_clip
     from dapl.pseudo_labels import zero_shot_text
-    from dapl.run import load_manifest
+    from dapl.stages import load_manifest
 
     cfg = DaplConfig.load(config).with_overrides({"model.device": device})
     bundle = load_clip(cfg.model)

@@ -56,9 +56,9 @@ from bench.step import (  # noqa: E402
     measure_our_eval,
     model_for,
 )
+from dapl.clip import ClipBundle, load_clip  # noqa: E402
 from dapl.config import ModelConfig  # noqa: E402
-from dapl.features import resolve_precision  # noqa: E402
-from dapl.models import ClipBundle, load_clip  # noqa: E402
+from dapl.encoder import resolve_precision  # noqa: E402
 
 TARGETS = {"unified": 25.0, "csc": 8.0, "epoch": 40.0}
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from bench.common import Samples, domain_names, interleaved, loadavg, md_table, peak, reset_peak, rss_gib, write_block
 from bench.step import OursStep, model_for
-from dapl.models import ClipBundle
+from dapl.clip import ClipBundle
 from dapl.prompts import PromptLearner
 
 MEMORY_LIMIT_GIB = 24.0
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from dapl.clip import load_clip
     from dapl.config import ModelConfig
-    from dapl.models import load_clip
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--domainnet", action="store_true")

@@ -15,9 +15,9 @@ import torch
 
 from bench.common import Samples, interleaved, timed
 from bench.official import Batch, OfficialCLIP, official_loss
+from dapl.clip import ClipBundle
 from dapl.config import PromptConfig, PromptSetting, PseudoLabelConfig, TrainConfig
 from dapl.model import DaplModel
-from dapl.models import ClipBundle
 from dapl.pseudo_labels import zero_shot_text
 from dapl.train import Side, TrainStep
 from dapl.views import CachedViews

@@ -11,12 +11,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
+from dapl.clip import ClipBundle, load_clip
 from dapl.config import DaplConfig
 from dapl.datasets.loader import to_rgb
 from dapl.errors import UserError
 from dapl.model import DaplModel
-from dapl.models import ClipBundle, eval_transform, load_clip
 from dapl.prompts import PromptLearner
+from dapl.transforms import eval_transform
 
 PROMPTS = "prompts.safetensors"
 PROMPTS_META = "prompts.json"

@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from dapl.config import DaplConfig, parse_set_args, validated
+from dapl.config import DaplConfig
+from dapl.config_errors import validated
+from dapl.overrides import parse_set_args
 from dapl.paths import apply_env_defaults, default_manifest
 
 
@@ -91,7 +93,7 @@ def _write_out(a: argparse.Namespace, res: dict) -> None:
 # Each command resolves its config before importing the model stack: a config error answers at once.
 def cmd_features(a: argparse.Namespace) -> int:
     cfg = _config(a)
-    from dapl.run import extract_features
+    from dapl.stages import extract_features
 
     res = extract_features(cfg)
     _write_out(a, res)
@@ -101,7 +103,7 @@ def cmd_features(a: argparse.Namespace) -> int:
 
 def cmd_zero_shot(a: argparse.Namespace) -> int:
     cfg = _config(a)
-    from dapl.run import zero_shot
+    from dapl.stages import zero_shot
 
     res = zero_shot(cfg)
     _write_out(a, res)
@@ -111,7 +113,7 @@ def cmd_zero_shot(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     cfg = _config(a)
-    from dapl.run import adapt, no_pseudo_label_warning
+    from dapl.stages import adapt, no_pseudo_label_warning
 
     summary = adapt(cfg, resume=not a.restart)
     _print_json({k: summary[k] for k in ("task", "setting", "final", "selection", "oracle", "zero_shot",
@@ -128,7 +130,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     cfg = _config(a)
-    from dapl.run import evaluate_prompts
+    from dapl.stages import evaluate_prompts
 
     res = evaluate_prompts(cfg, a.prompts)
     _write_out(a, res)
@@ -158,10 +160,10 @@ def plan_of(a: argparse.Namespace, domains: list[str], cfg: DaplConfig | None = 
 
 def cmd_benchmark(a: argparse.Namespace) -> int:
     cfg, _ = _config(a), sweep_of(a)  # bad config or sweep options fail before the model stack loads
-    from dapl.benchmark import run_one, run_warnings, write_tables
-    from dapl.models import load_clip
+    from dapl.clip import load_clip
     from dapl.plan import format_recipe
-    from dapl.run import load_manifest
+    from dapl.stages import load_manifest
+    from dapl.sweep import run_one, run_warnings, write_tables
 
     manifest = load_manifest(cfg)
     cfg, out, runs = plan_of(a, list(manifest.domains), cfg)

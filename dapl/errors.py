@@ -9,3 +9,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error caused by the user's input, with a message that says what to change."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key or value the user can fix: one line naming where it came from, the key and the fix."""

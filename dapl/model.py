@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dapl.clip import ClipBundle
 from dapl.config import PromptConfig
-from dapl.models import ClipBundle
 from dapl.prompts import PromptLearner
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dapl.clip import ClipBundle
 from dapl.config import MANUAL_TEMPLATE, PromptConfig
-from dapl.models import ClipBundle
 from dapl.text_encoder import TextEncoder
 
 PLACEHOLDER = "X"

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from dapl.clip import ClipBundle
 from dapl.config import PseudoLabelConfig
 from dapl.imageset import AdaptationData
 from dapl.metrics import headline, target_metrics
 from dapl.model import clip_logits, normalize
-from dapl.models import ClipBundle
 from dapl.prompts import prompt_classname
 from dapl.templates import resolve_templates
 

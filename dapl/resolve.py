@@ -25,15 +25,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from dapl.config import (
-    ConfigError,
-    DaplConfig,
-    deep_merge,
-    describe_validation_error,
-    expand_dotted,
-    flatten,
-    load_yaml,
-)
+from dapl.config import DaplConfig
+from dapl.config_errors import describe_validation_error
+from dapl.errors import ConfigError
+from dapl.overrides import deep_merge, expand_dotted, flatten, load_yaml
 from dapl.paths import TOY_CHECKPOINT, default_manifest, looks_like_path
 
 RECIPES_DIR = Path(__file__).parent / "recipes"

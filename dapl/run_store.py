@@ -20,7 +20,7 @@ import dapl
 from dapl.config import DaplConfig
 
 DAPL_SOURCES = Path(dapl.__file__).resolve().parent
-# what a finished run wrote (dapl.run.write_outputs and the trainer's checkpoint); plots are drawn per label
+# what a finished run wrote (dapl.stages.write_outputs and the trainer's checkpoint); plots are drawn per label
 RESULT_FILES = ("metrics.json", "history.csv", "prompts.safetensors", "prompts.json", "nearest_tokens.json",
                 "nearest_tokens.txt", "per_class.csv", "confusion.csv", "checkpoint.pt")
 ORIGIN_FILE = "origin.json"

@@ -17,6 +17,7 @@ from torch.profiler import record_function
 
 from dapl import divergence
 from dapl.checkpoint import load_checkpoint, run_identity, save_checkpoint
+from dapl.clip import ClipBundle
 from dapl.config import DaplConfig, TrainConfig
 from dapl.evaluation import EpochScores
 from dapl.features import FeatureCache
@@ -24,10 +25,10 @@ from dapl.imageset import AdaptationData, ImageSet
 from dapl.losses import dapl_loss
 from dapl.metrics import Metrics, headline
 from dapl.model import DaplModel, normalize
-from dapl.models import ClipBundle, train_transform
 from dapl.progress import Progress
 from dapl.pseudo_labels import blend_weight, labeller_templates, pseudo_label, zero_shot_report, zero_shot_text
 from dapl.selection import oracle, selected, update_best
+from dapl.transforms import train_transform
 from dapl.validators import selection_report
 from dapl.views import CachedViews, OnlineViews
 

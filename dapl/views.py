@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from dapl.clip import ClipBundle
 from dapl.datasets.loader import load_rgb, seeded
 from dapl.imageset import ImageSet
-from dapl.models import ClipBundle
 
 
 class CachedViews:

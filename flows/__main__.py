@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dapl.config import parse_set_args
+from dapl.overrides import parse_set_args
 from flows import runners
 
 DEPLOYMENTS = {

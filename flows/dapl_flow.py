@@ -20,10 +20,10 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
-from dapl.benchmark import flagged_runs, run_warnings
 from dapl.config import DaplConfig
 from dapl.paths import TOY_CHECKPOINT, file_sha256
 from dapl.plan import Run, distinct_runs, feature_groups, for_pair, format_recipe, pairs_of, recipe
+from dapl.sweep import flagged_runs, run_warnings
 from flows import runners
 from flows.plan import FlowParams, FlowRequest
 from tasks import (
@@ -57,7 +57,7 @@ def _weights_identity(cfg) -> str:
     an unreadable file falls back to its bytes' hash and is reported by the task that loads it."""
     pre = cfg.model.pretrained
     if pre and Path(pre).is_file():
-        from dapl.models import weights_digest  # torch and open_clip only once the flow runs
+        from dapl.weights import weights_digest  # torch and open_clip only once the flow runs
 
         try:
             return weights_digest(pre)

@@ -36,7 +36,7 @@ def files_sha256(paths: Iterable[str | Path]) -> str:
     return stable_hash([file_sha256(p) for p in paths])
 
 
-def cache_key(task_name: str, cfg: dict | None, sections: tuple[str, ...], **inputs: Any) -> str:
+def task_key(task_name: str, cfg: dict | None, sections: tuple[str, ...], **inputs: Any) -> str:
     """The key of one task invocation: its name, config slice, upstream hashes and the code version."""
     parts: dict[str, Any] = {"task": task_name, "code": code_version(), "inputs": inputs}
     if cfg is not None:
@@ -51,7 +51,7 @@ def key_fn(sections: tuple[str, ...], inputs: tuple[str, ...]) -> Callable[[Any,
     """
 
     def fn(context: Any, parameters: dict[str, Any]) -> str:
-        return cache_key(context.task.name, parameters.get("cfg"), sections,
+        return task_key(context.task.name, parameters.get("cfg"), sections,
                          **{k: parameters.get(k) for k in inputs})
 
     return fn
@@ -63,8 +63,8 @@ _lock = threading.Lock()
 
 @functools.lru_cache(maxsize=4)
 def _bundle(model_json: str):
+    from dapl.clip import load_clip
     from dapl.config import ModelConfig
-    from dapl.models import load_clip
 
     return load_clip(ModelConfig.model_validate_json(model_json))
 

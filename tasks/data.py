@@ -9,7 +9,7 @@ from typing import Any
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.common import cache_key, file_sha256, refuse_user_errors, run_context, stable_hash
+from tasks.common import file_sha256, refuse_user_errors, run_context, stable_hash, task_key
 
 
 def tree_fingerprint(root: str | Path) -> str:
@@ -34,7 +34,7 @@ def _fetch_key(context: Any, p: dict[str, Any]) -> str | None:
     tree = tree_fingerprint(p["root"])
     if tree in ("missing", "empty"):
         return None
-    return cache_key("fetch", None, (), dataset=p["dataset"], root=str(Path(p["root"]).absolute()),
+    return task_key("fetch", None, (), dataset=p["dataset"], root=str(Path(p["root"]).absolute()),
                      sources=list(p.get("sources") or []), toy=p.get("toy"), tree=tree,
                      check_counts=p.get("check_counts", True))
 
@@ -76,7 +76,7 @@ def fetch(dataset: str, root: str, sources: list[str] | None = None, toy: dict |
 
 
 def _index_key(context: Any, p: dict[str, Any]) -> str:
-    return cache_key("index", None, (), dataset=p["dataset"], root=str(Path(p["root"]).absolute()),
+    return task_key("index", None, (), dataset=p["dataset"], root=str(Path(p["root"]).absolute()),
                      out=str(p["out"]), tree=tree_fingerprint(p["root"]), check_counts=p.get("check_counts", True))
 
 
@@ -94,7 +94,7 @@ def index(dataset: str, root: str, out: str, check_counts: bool = True) -> dict:
 
 
 def _pretrain_key(context: Any, p: dict[str, Any]) -> str:
-    return cache_key("toy-pretrain", None, (), out=str(p["out"]), overrides=p.get("overrides") or {})
+    return task_key("toy-pretrain", None, (), out=str(p["out"]), overrides=p.get("overrides") or {})
 
 
 @task(name="toy-pretrain", cache_key_fn=_pretrain_key, persist_result=True)

@@ -17,8 +17,8 @@ ZERO_SHOT_SECTIONS = ("model", "features", "data", "pseudo")
 @refuse_user_errors
 def extract_features(cfg: dict, manifest: str, manifest_sha: str, weights_sha: str) -> dict:
     """Test view + V augmented train views of ``cfg.data.source`` and ``cfg.data.target`` into the cache."""
-    from dapl.run import build_task
-    from dapl.run import extract_features as _extract
+    from dapl.stages import build_task
+    from dapl.stages import extract_features as _extract
 
     c = DaplConfig.model_validate(cfg)
     task = build_task(c, load_manifest(manifest, manifest_sha))  # unusable data fails before weights load
@@ -32,8 +32,8 @@ def extract_features(cfg: dict, manifest: str, manifest_sha: str, weights_sha: s
 @refuse_user_errors
 def zero_shot(cfg: dict, manifest: str, manifest_sha: str, weights_sha: str) -> dict:
     """Zero-shot accuracy of the hand-written prompt and pseudo-label coverage/accuracy at τ for one pair."""
-    from dapl.run import build_task
-    from dapl.run import zero_shot as _zero_shot
+    from dapl.stages import build_task
+    from dapl.stages import zero_shot as _zero_shot
 
     c = DaplConfig.model_validate(cfg)
     task = build_task(c, load_manifest(manifest, manifest_sha))  # unusable data fails before weights load

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from dapl import plots
-from dapl.benchmark import write_tables
+from dapl.sweep import write_tables
 from tasks import tracking
 
 EXTRA_COLUMNS = ("run_id", "resumed_from_epoch", "flow_run_id")

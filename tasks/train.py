@@ -16,9 +16,9 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from dapl import plots
-from dapl.benchmark import FLAGS, relabelled, run_one
 from dapl.config import SECTIONS, DaplConfig
 from dapl.plan import Run, RunSpec
+from dapl.sweep import FLAGS, relabelled, run_one
 from tasks import tracking
 from tasks.common import clip_bundle, key_fn, load_manifest, refuse_user_errors, run_context
 

@@ -13,8 +13,8 @@ from bench.common import write_block
 from bench.official import check_equivalence
 from bench.scaling import prompt_tokens
 from bench.step import OfficialStep, OursStep, make_batch, model_for
+from dapl.clip import load_clip
 from dapl.config import ModelConfig
-from dapl.models import load_clip
 from tests.tolerances import RTOL, assert_close
 
 CLASSES = ["dog", "traffic light", "alarm clock", "cat"]

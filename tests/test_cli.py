@@ -15,8 +15,8 @@ import yaml
 from PIL import Image
 
 from dapl.cli import main
+from dapl.clip import load_clip
 from dapl.config import ModelConfig
-from dapl.models import load_clip
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip", "timm", "prefect")

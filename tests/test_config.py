@@ -5,18 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from dapl.config import (
-    ConfigError,
-    DaplConfig,
-    PromptConfig,
-    PromptSetting,
-    TrainConfig,
-    describe_field,
-    parse_set_args,
-    unknown_key_message,
-    validated,
-)
-from dapl.errors import UserError
+from dapl.config import DaplConfig, PromptConfig, PromptSetting, TrainConfig
+from dapl.config_errors import describe_field, unknown_key_message, validated
+from dapl.errors import ConfigError, UserError
+from dapl.overrides import parse_set_args
 from dapl.plan import resolve_config
 from dapl.toy.pretrain_config import ToyPretrainConfig
 

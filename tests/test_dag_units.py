@@ -15,7 +15,7 @@ from dapl.config import DaplConfig  # noqa: E402
 from dapl.paths import PROJECT_ROOT  # noqa: E402
 from flows import plan  # noqa: E402
 from tasks import tracking  # noqa: E402
-from tasks.common import cache_key, code_version  # noqa: E402
+from tasks.common import code_version, task_key  # noqa: E402
 
 TOY_DOMAINS = ["art", "clipart", "product", "real"]
 
@@ -80,13 +80,13 @@ def test_config_paths_resolve_against_the_file_not_the_workdir(tmp_path):
 
 def test_cache_keys_follow_their_inputs_only():
     cfg = DaplConfig().to_dict()
-    k = cache_key("extract-features", cfg, ("model", "features", "data"), manifest_sha="a")
-    assert k == cache_key("extract-features", cfg, ("model", "features", "data"), manifest_sha="a")
+    k = task_key("extract-features", cfg, ("model", "features", "data"), manifest_sha="a")
+    assert k == task_key("extract-features", cfg, ("model", "features", "data"), manifest_sha="a")
     lr = DaplConfig().with_overrides({"train.lr": 0.1}).to_dict()
-    assert k == cache_key("extract-features", lr, ("model", "features", "data"), manifest_sha="a")  # not read
-    assert k != cache_key("extract-features", cfg, ("model", "features", "data"), manifest_sha="b")
+    assert k == task_key("extract-features", lr, ("model", "features", "data"), manifest_sha="a")  # not read
+    assert k != task_key("extract-features", cfg, ("model", "features", "data"), manifest_sha="b")
     views = DaplConfig().with_overrides({"features.views": 2}).to_dict()
-    assert k != cache_key("extract-features", views, ("model", "features", "data"), manifest_sha="a")
+    assert k != task_key("extract-features", views, ("model", "features", "data"), manifest_sha="a")
     assert code_version().startswith("0.") or "+" in code_version()
 
 

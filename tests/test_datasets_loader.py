@@ -110,7 +110,7 @@ def test_train_transform_draws_what_torchvision_draws_after_the_same_seed():
     the same seed gives the same crop, flip and pixels, including the central-crop fallback."""
     from torchvision import transforms as T
 
-    from dapl.models import TrainTransform
+    from dapl.transforms import TrainTransform
 
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     rng = np.random.default_rng(0)

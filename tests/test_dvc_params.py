@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from dapl.config import DaplConfig, flatten
+from dapl.config import DaplConfig
+from dapl.overrides import flatten
 from dapl.paths import PROJECT_ROOT
 from dapl.plan import resolve_config
 

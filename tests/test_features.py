@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+import dapl.encoder as encoder
 import dapl.features as features
+from dapl.clip import load_clip
 from dapl.config import FeatureConfig, ModelConfig
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
-from dapl.models import load_clip
 from tests.tolerances import assert_close
 
 
@@ -126,19 +127,19 @@ def test_memory_mapped_views_match_and_training_reads_the_same_rows(tmp_path, se
 
 def test_precision_resolves_per_device_and_is_in_the_key(tmp_path, setup, monkeypatch):
     bundle, images = setup
-    rp = features.resolve_precision
+    rp = encoder.resolve_precision
     assert rp("auto", "cuda") == "fp16"
     assert rp("auto", "cpu", native_bf16=False) == "fp32"
-    monkeypatch.setattr(features, "AUTO_CPU_BF16", True)
+    monkeypatch.setattr(encoder, "AUTO_CPU_BF16", True)
     assert rp("auto", "cpu", native_bf16=True) == "bf16"
-    monkeypatch.setattr(features, "AUTO_CPU_BF16", False)  # a veto (the switch for a failed accuracy check)
+    monkeypatch.setattr(encoder, "AUTO_CPU_BF16", False)  # a veto (the switch for a failed accuracy check)
     assert rp("auto", "cpu", native_bf16=True) == "fp32"
     assert [rp(p, "cpu") for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
     with pytest.raises(ValueError, match="features.precision"):
         rp("int8", "cpu")
     keys = {p: FeatureCache(tmp_path, bundle, precision=p).key(images, "t") for p in ("fp32", "bf16", "fp16")}
     assert len(set(keys.values())) == 3
-    assert features.cache_key(bundle, images, "t", precision="bf16") == keys["bf16"]
+    assert features.view_key(bundle, images, "t", precision="bf16") == keys["bf16"]
     # a config builds the cache with its resolved precision, recorded beside the features
     cache = FeatureCache.from_config(FeatureConfig(precision="bf16", num_workers=0, cache_dir=tmp_path), bundle)
     f32 = FeatureCache(tmp_path, bundle, num_workers=0, precision="fp32").test_features(images).float()
@@ -169,15 +170,15 @@ def test_batchnorm_folding_is_the_same_function_and_only_at_reduced_precision(se
     with torch.no_grad():
         ref = visual(x)
         folded = copy.deepcopy(visual)
-        n = features.fold_batchnorm(folded)
+        n = encoder.fold_batchnorm(folded)
         out = folded(x)
     assert n == len(bns) and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     assert_close(out, ref)
-    assert features.fold_batchnorm(folded) == 0  # nothing left to fold
+    assert encoder.fold_batchnorm(folded) == 0  # nothing left to fold
     before = {k: v.clone() for k, v in bundle.model.visual.state_dict().items()}
-    enc16, enc32 = features.ImageEncoder(bundle, "bf16"), features.ImageEncoder(bundle, "fp32")
+    enc16, enc32 = encoder.ImageEncoder(bundle, "bf16"), encoder.ImageEncoder(bundle, "fp32")
     assert enc16.folded == len(bns) and enc16.recipe.endswith("-bnfold")
-    assert features.ImageEncoder(bundle, "bf16", fold_bn=False).folded == 0
+    assert encoder.ImageEncoder(bundle, "bf16", fold_bn=False).folded == 0
     assert enc32.folded == 0 and sum(isinstance(m, nn.BatchNorm2d) for m in enc32.visual.modules()) == len(bns)
     assert all(torch.equal(v, bundle.model.visual.state_dict()[k]) for k, v in before.items())
 
@@ -185,7 +186,7 @@ def test_batchnorm_folding_is_the_same_function_and_only_at_reduced_precision(se
 def test_key_depends_on_model_transform_and_images(tmp_path, setup, tiny_config_dir):
     bundle, images = setup
     other = load_clip(ModelConfig(name=str(tiny_config_dir / "tiny-vit.json"), pretrained=None, device="cpu"))
-    k = features.cache_key
+    k = features.view_key
     assert k(bundle, images, "a") != k(other, images, "a")
     assert k(bundle, images, "a") != k(bundle, images, "b")
     assert k(bundle, images, "a") != k(bundle, images.subset([0, 1]), "a")
@@ -223,7 +224,7 @@ torch.set_num_threads(1)
 import dapl.features as features
 from dapl.config import FeatureConfig, ModelConfig
 from dapl.imageset import ImageSet
-from dapl.models import load_clip
+from dapl.clip import load_clip
 
 cfg = json.loads(sys.argv[1])
 torch.manual_seed(0)  # the same random tiny model in every process

@@ -15,10 +15,11 @@ from PIL import Image
 
 import dapl.features as features
 from dapl.cli import main
+from dapl.clip import load_clip
 from dapl.config import ModelConfig
 from dapl.features import FeatureCache
 from dapl.imageset import ImageSet
-from dapl.models import CheckpointMismatchError, load_clip, weights_digest
+from dapl.weights import CheckpointMismatchError, weights_digest
 from tests.standins import FORMATS
 from tests.tolerances import assert_close
 

@@ -176,7 +176,7 @@ def test_env_sh_sets_the_python_env_defaults():
 
 
 def test_diverged_runs_names_each_flagged_run_once():
-    from dapl.benchmark import flag_warning, flagged_runs
+    from dapl.sweep import flag_warning, flagged_runs
 
     rows = [{"pair": "clipart->art", "method": "dapl", "seed": 3, "diverged": True},
             {"pair": "clipart->art", "method": "dapl", "seed": 1, "diverged": False},
@@ -208,7 +208,7 @@ def test_the_toy_recipe_is_data_and_ships_with_the_package():
     import tomllib
     from fnmatch import fnmatch
 
-    from dapl.config import flatten
+    from dapl.overrides import flatten
     from dapl.resolve import RECIPES_DIR, dataset_recipe, recipe_file
 
     written = flatten(yaml.safe_load(recipe_file("toy").read_text()))

@@ -186,10 +186,10 @@ def test_console_logging_prints_plain_lines_without_tracebacks(monkeypatch, caps
 
 
 def test_index_and_extraction_log_progress_off_a_terminal(caplog, blob_world, tiny_config_dir, tmp_path):
+    from dapl.clip import load_clip
     from dapl.config import ModelConfig
     from dapl.datasets.index import index_dataset
     from dapl.features import FeatureCache
-    from dapl.models import load_clip
 
     caplog.set_level(logging.INFO, logger="dapl.progress")
     m = index_dataset("folder", blob_world, progress="log", check_counts=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dapl.clip import load_clip
 from dapl.config import DaplConfig, ModelConfig, PromptConfig, PromptSetting
-from dapl.models import load_clip
 from dapl.prompts import PromptLearner, prompt_text
 from dapl.pseudo_labels import zero_shot_text
 from tests.tolerances import assert_close

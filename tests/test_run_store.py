@@ -14,8 +14,8 @@ import yaml
 
 from dapl import run_store
 from dapl.cli import main
+from dapl.clip import load_clip
 from dapl.config import DaplConfig, ModelConfig
-from dapl.models import load_clip
 
 
 def _task(*fingerprints: str | None) -> SimpleNamespace:
@@ -82,16 +82,16 @@ def folder_params(tmp_path, blob_world, tiny_config_dir) -> Path:
 def test_identical_runs_train_once_across_commands(tmp_path, folder_params, monkeypatch):
     """`dapl benchmark` trains DAPL once; `dapl ablations` whose unified+domain setting, 2x2 cell and τ 0.5 cell
     are that configuration trains nothing and shows it under all three labels; a rerun trains nothing."""
-    import dapl.run
+    import dapl.stages
 
     trained: list[Path] = []
-    adapt = dapl.run.adapt
+    adapt = dapl.stages.adapt
 
     def counting(cfg, **kw):
         trained.append(Path(cfg.output_dir))
         return adapt(cfg, **kw)
 
-    monkeypatch.setattr(dapl.run, "adapt", counting)
+    monkeypatch.setattr(dapl.stages, "adapt", counting)
     c = ["-c", str(folder_params), "--quiet"]
     assert main(["benchmark", *c, "--methods", "dapl", "--pairs", "light->dark", "--runs-dir",
                  str(tmp_path / "bench")]) == 0

@@ -68,8 +68,8 @@ def test_paper_prompt_at_its_random_init_already_reads_the_class_name(model, tmp
     class name (a tower that never trained those positions is at chance here, and DAPL then cannot start)."""
     import torch.nn.functional as F
 
+    from dapl.clip import ClipBundle
     from dapl.config import PromptConfig
-    from dapl.models import ClipBundle
     from dapl.prompts import PromptLearner
     from dapl.toy.world import TOY_CLASSES, class_display_name
     from dapl.toy.zeroshot import image_features

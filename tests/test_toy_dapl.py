@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from dapl.clip import load_clip
 from dapl.datasets.index import index_dataset
-from dapl.models import load_clip
 from dapl.plan import resolve_config
-from dapl.run import build_task
+from dapl.stages import build_task
 from dapl.toy.world import generate_world
 from dapl.train import train
 

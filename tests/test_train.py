@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from dapl.artifacts import AdaptedClassifier, load_prompts, nearest_tokens, save_prompts
+from dapl.clip import load_clip
 from dapl.config import DaplConfig, PromptConfig, PromptSetting
 from dapl.features import FeatureCache
 from dapl.imageset import AdaptationData, ImageSet
-from dapl.models import eval_transform, load_clip
 from dapl.prompts import PromptLearner
 from dapl.pseudo_labels import zero_shot_text
 from dapl.train import train
+from dapl.transforms import eval_transform
 from tests.tolerances import assert_close
 
 from .conftest import CLASSES

@@ -29,8 +29,9 @@ from PIL import Image, UnidentifiedImageError
 
 from dapl.datasets.complete import check_counts as check_counts_on
 from dapl.datasets.complete import check_root, describe, domain_dir, shortfalls
+from dapl.datasets.download import sha256_file
 from dapl.datasets.errors import DatasetLayoutError
-from dapl.datasets.fetch import sha256_file, wrapper_folder, wrapper_message
+from dapl.datasets.fetch import wrapper_folder, wrapper_message
 from dapl.datasets.manifest import MANIFEST_SCHEMA, Manifest
 from dapl.datasets.problems import note as _note
 from dapl.datasets.registry import DatasetSpec, DomainSpec, discover, display_name, get_spec

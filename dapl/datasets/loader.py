@@ -2,7 +2,7 @@
 
 Items are ``(tensor, index)``: the index lets the feature cache put each output back in its row whatever the
 batch order or worker count. With ``seed_fn`` item ``i`` is transformed as ``transform(img, generator=g)`` with a
-private generator seeded ``seed_fn(i)`` (e.g. :class:`dapl.models.TrainTransform`), so augmented views are
+private generator seeded ``seed_fn(i)`` (e.g. :class:`dapl.transforms.TrainTransform`), so augmented views are
 identical for any ``num_workers`` and any thread interleaving, and the global RNG is never touched. (Seeding the
 global RNG instead, even under a lock, failed: every thread shares it and unlocked code such as a model's weight
 initialisation draws from it meanwhile.)

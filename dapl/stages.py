@@ -13,11 +13,11 @@ from pathlib import Path
 import polars as pl
 
 from dapl.artifacts import format_nearest, nearest_tokens, save_prompts
+from dapl.clip import ClipBundle, load_clip
 from dapl.config import DaplConfig
 from dapl.features import FeatureCache
 from dapl.imageset import AdaptationData
 from dapl.metrics import target_metrics
-from dapl.models import ClipBundle, load_clip
 from dapl.paths import default_manifest
 from dapl.pseudo_labels import labeller_templates, pseudo_label, zero_shot_report, zero_shot_text
 from dapl.train import TrainResult, train

@@ -10,12 +10,11 @@ import open_clip
 import pytest
 import torch
 
+from dapl.clip import WeightsNotFoundError, load_clip
 from dapl.config import ModelConfig
 from dapl.errors import UserError
-from dapl.models import (
+from dapl.weights import (
     CheckpointMismatchError,
-    WeightsNotFoundError,
-    load_clip,
     openai_converted,
     read_checkpoint,
     state_dict_digest,

@@ -27,8 +27,8 @@ def run_one(run: Run, bundle=None, manifest=None, progress: str | bool = True,
     any entry point) is copied, not trained; ``reuse=False`` trains (or resumes) it regardless. The row's
     ``reused_from`` names the folder a copied result was trained in.
     """
-    from dapl.models import load_clip
-    from dapl.run import adapt, build_task
+    from dapl.clip import load_clip
+    from dapl.stages import adapt, build_task
 
     cfg = run.config
     bundle = bundle or load_clip(cfg.model)

@@ -1,7 +1,4 @@
-"""One front door for every frozen CLIP: by name + tag, from a local file, or from a custom config.
-
-Offline, open_clip retries the hub for ~47 s before failing; here a missing weight file is reported in
-seconds with the exact place to put it.
+"""CLIP weight files as users have them, recognised by what they hold, and their content digest.
 
 Weight files are read as users have them (:func:`read_checkpoint`): OpenAI TorchScript archives, state dicts
 in fp16 or fp32, nested under ``"state_dict"``, with ``module.`` prefixes, or safetensors. Rules:
@@ -25,9 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
-import socket
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -37,138 +32,8 @@ from pathlib import Path
 import open_clip
 import torch
 from torch import nn
-from torchvision import transforms as T
-from torchvision.transforms import functional as TF
 
-from dapl.config import FeatureConfig, ModelConfig
 from dapl.errors import UserError
-
-CONFIG_DIR = Path(__file__).parent / "model_configs"
-ASSET_DIR = Path(__file__).parent / "assets"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-SHIPPED_TAG = "dapl"  # weights shipped inside the package (dapl/assets/<name>.pt), e.g. the toy-clip
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-class WeightsNotFoundError(UserError, RuntimeError):
-    """Pretrained weights are neither on disk nor downloadable right now."""
-
-
-@dataclass
-class ClipBundle:
-    """A frozen CLIP with what every stage needs beside it."""
-
-    model: nn.Module
-    tokenizer: open_clip.tokenizer.SimpleTokenizer
-    image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    identity: str  # what the model computes (config + weights content, or name + tag): part of every cache key
-    device: torch.device
-    amp: bool
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.model.ln_final.weight.shape[0])
-
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.detach().exp()
-
-    def autocast(self, dtype: torch.dtype = torch.float16):
-        enabled = self.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
-
-    @torch.no_grad()
-    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return self.model.encode_image(x.to(self.device, non_blocking=True)).float()
-
-    @torch.no_grad()
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts).to(self.device)
-        with self.autocast(torch.bfloat16):
-            return self.model.encode_text(tokens).float()
-
-
-def register_configs() -> None:
-    """Make dapl's own model configs (e.g. ``toy-clip``) loadable by name through open_clip."""
-    if CONFIG_DIR.is_dir() and CONFIG_DIR not in open_clip.factory._MODEL_CONFIG_PATHS:
-        open_clip.add_model_config(CONFIG_DIR)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def default_weights_dir(cfg: ModelConfig) -> Path:
-    if cfg.weights_dir is not None:
-        return Path(cfg.weights_dir)
-    return Path(os.environ.get("DAPL_WEIGHTS_DIR", Path.home() / ".cache" / "dapl" / "weights"))
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("DAPL_OFFLINE"):
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def resolve_weights(cfg: ModelConfig) -> str | None:
-    """Turn ``cfg.pretrained`` into a local file path, a downloadable tag, or None (random init)."""
-    p = cfg.pretrained
-    if p is None or p == "" or p.lower() == "none":
-        return None
-    if p == SHIPPED_TAG:
-        f = ASSET_DIR / f"{cfg.name}.pt"
-        if not f.is_file():
-            raise WeightsNotFoundError(f"model.pretrained='{SHIPPED_TAG}' means weights shipped in {ASSET_DIR}, "
-                                       f"but {f.name} is not there; produce it with `dapl toy pretrain --out {f}`")
-        return str(f)
-    path = Path(p).expanduser()
-    if path.suffix in _WEIGHT_SUFFIXES or os.sep in p:
-        if not path.is_file():
-            raise WeightsNotFoundError(f"model.pretrained={p!r}: no such file. Check the path, or give a known "
-                                       f"tag for {cfg.name} (e.g. 'openai').")
-        return str(path)
-    wdir = default_weights_dir(cfg)
-    for suf in _WEIGHT_SUFFIXES:
-        cand = wdir / f"{cfg.name}_{p}{suf}"
-        if cand.is_file():
-            return str(cand)
-    name = _model_name(cfg.name)
-    if not open_clip.pretrained.is_pretrained_cfg(name, p):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        raise WeightsNotFoundError(f"model.pretrained={p!r} is neither a file nor a known tag for {name}; "
-                                   f"known tags: {tags or 'none'}")
-    if not _hub_reachable():
-        raise WeightsNotFoundError(
-            f"CLIP weights {name}/{p} are not on this machine and the hub cannot be reached (offline).\n"
-            f"  Fix: put the weights file at {wdir / f'{cfg.name}_{p}.pt'}\n"
-            f"       (or set DAPL_WEIGHTS_DIR, or pass model.pretrained=/path/to/file.pt). Both OpenAI files "
-            f"(TorchScript or state dict, e.g. RN50.pt) and open_clip checkpoints are accepted."
-        )
-    return p  # a tag open_clip will download
-
-
-def _model_name(name: str) -> str:
-    register_configs()
-    path = Path(name)
-    if path.suffix == ".json" and path.is_file():
-        open_clip.add_model_config(path)
-        return path.stem
-    return name
-
 
 OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")  # only OpenAI's files carry these
 
@@ -351,7 +216,7 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path: str, what:
     model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
 
 
-def _build_openai(ck: Checkpoint, path: str, name: str, named: dict | None) -> nn.Module:
+def build_openai(ck: Checkpoint, path: str, name: str, named: dict | None) -> nn.Module:
     """OpenAI weights: the architecture from the shapes, QuickGELU always; a named config must agree."""
     try:
         arch = openai_architecture(ck.state_dict)
@@ -372,7 +237,7 @@ def _build_openai(ck: Checkpoint, path: str, name: str, named: dict | None) -> n
     return model
 
 
-def _build_open_clip(ck: Checkpoint, path: str, name: str, named: dict) -> nn.Module:
+def build_open_clip(ck: Checkpoint, path: str, name: str, named: dict) -> nn.Module:
     """An open_clip-format file for the named config: shapes (and the activation, where the file says) must agree."""
     if ck.sidecar:
         if bool(ck.sidecar.get("quick_gelu", False)) != bool(named.get("quick_gelu", False)):
@@ -444,7 +309,7 @@ def state_dict_digest(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _stamp(path: str) -> tuple[str, int, int]:
+def file_stamp(path: str) -> tuple[str, int, int]:
     """What the digest memo is keyed by (taken before reading, so a rewrite during the read gets a new stamp)."""
     st = os.stat(path)
     return os.path.abspath(path), st.st_size, st.st_mtime_ns
@@ -454,7 +319,7 @@ def weights_digest(path: str, sd: dict[str, torch.Tensor] | None = None,
                    stamp: tuple[str, int, int] | None = None) -> str:
     """The content digest of a weights file (:func:`state_dict_digest` of what :func:`read_checkpoint` reads),
     computed once per process and file version; ``sd``/``stamp``: the file already read, and its stamp then."""
-    stamp = stamp or _stamp(path)
+    stamp = stamp or file_stamp(path)
     if stamp not in _DIGESTS:
         _DIGESTS[stamp] = state_dict_digest(read_checkpoint(path).state_dict if sd is None else sd)
     return _DIGESTS[stamp]
@@ -466,127 +331,3 @@ def config_digest(cfg: dict) -> str:
     text = {**dataclasses.asdict(open_clip.model.CLIPTextCfg()), **cfg.get("text_cfg", {})}
     full = {"quick_gelu": False, **cfg, "vision_cfg": vision, "text_cfg": text}
     return hashlib.sha256(json.dumps(full, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Frozen and in eval mode (ResNet BatchNorm statistics must never update)."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def load_clip(cfg: ModelConfig) -> ClipBundle:
-    """Load a frozen CLIP as ``cfg`` says; fp32 weights (autocast on CUDA when ``cfg.amp``)."""
-    device = resolve_device(cfg.device)
-    name = _model_name(cfg.name)
-    weights = resolve_weights(cfg)
-    named = open_clip.get_model_config(name) if name in open_clip.list_models() else None
-    if weights is not None and Path(weights).is_file():
-        stamp = _stamp(weights)
-        ck = read_checkpoint(weights)
-        if ck.openai:
-            model = _build_openai(ck, weights, name, named)
-            built = openai_architecture(ck.state_dict)
-        elif named is None:
-            raise ValueError(f"model.name={cfg.name!r} is not an open_clip model or a config in {CONFIG_DIR}; "
-                             f"name the config of {weights}")
-        else:
-            model, built = _build_open_clip(ck, weights, name, named), named
-        # content, not file bytes: a TorchScript archive and a state dict of the same weights share one cache
-        identity = f"file:{weights_digest(weights, ck.state_dict, stamp)[:16]}:config:{config_digest(built)[:12]}"
-    else:
-        if named is None:
-            raise ValueError(f"model.name={cfg.name!r} is not an open_clip model or a config in {CONFIG_DIR}")
-        model = open_clip.create_model(name, pretrained=weights, precision="fp32", device="cpu")
-        identity = f"{name}:random" if weights is None else f"{name}:{weights}"
-    model = freeze(model.float()).to(device)
-    if not hasattr(model, "token_embedding"):
-        raise ValueError(f"{cfg.name}: only CLIP models with the standard text tower are supported "
-                         "(prompt learning needs token embeddings); got a custom text tower")
-    size = model.visual.image_size
-    size = int(size[0] if isinstance(size, tuple | list) else size)
-    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-    mean = tuple(pp.get("mean", OPENAI_MEAN))
-    std = tuple(pp.get("std", OPENAI_STD))
-    tok = open_clip.get_tokenizer(name) if name in open_clip.list_models() else open_clip.get_tokenizer("RN50")
-    return ClipBundle(model, tok, size, mean, std, identity, device, cfg.amp)
-
-
-def model_config_dict(name: str) -> dict:
-    """The open_clip architecture dict of a model name (for artifacts and cache keys)."""
-    cfg = open_clip.get_model_config(_model_name(name))
-    return json.loads(json.dumps(cfg)) if cfg else {}
-
-
-class TrainTransform:
-    """The paper's train augmentation: RandomResizedCrop (scale (``crop_scale_min``, 1), ratio 3/4–4/3, bicubic),
-    an optional horizontal flip and CLIP's normalisation, drawing its randomness from the ``generator`` of each
-    call instead of torch's global RNG.
-
-    Why: the global RNG is shared by every thread of the process (Prefect runs tasks in threads), and anything
-    may draw from or reseed it meanwhile (building a model initialises its weights from it), so a view "seeded"
-    through it could change with whatever ran beside it: a cached view of one image was measured to differ
-    between two extractions of the same images. With a private generator seeded ``s`` it draws exactly what
-    torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` draw after ``torch.manual_seed(s)``, so the
-    views (and the caches keyed by them) are those of the serial runs. ``generator=None`` uses the global RNG.
-    """
-
-    RATIO = (3.0 / 4.0, 4.0 / 3.0)
-
-    def __init__(self, size: int, scale_min: float, hflip: bool, mean, std):
-        self.size, self.scale, self.hflip = size, (scale_min, 1.0), hflip
-        # log of the aspect-ratio bounds in float32, as torchvision takes them (once, not per image)
-        self.log_ratio = tuple(float(x) for x in torch.log(torch.tensor(self.RATIO)))
-        self.finish = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-
-    def crop(self, width: int, height: int, g: torch.Generator | None) -> tuple[int, int, int, int]:
-        """``(top, left, h, w)``: up to 10 draws of an area share and a log aspect ratio, else the central crop
-        (torchvision's procedure, in its order of draws)."""
-        area = height * width
-        for _ in range(10):
-            target = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=g).item()
-            aspect = torch.exp(torch.empty(1).uniform_(*self.log_ratio, generator=g)).item()
-            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                top = int(torch.randint(0, height - h + 1, size=(1,), generator=g).item())
-                left = int(torch.randint(0, width - w + 1, size=(1,), generator=g).item())
-                return top, left, h, w
-        in_ratio = width / height
-        if in_ratio < min(self.RATIO):
-            w, h = width, int(round(width / min(self.RATIO)))
-        elif in_ratio > max(self.RATIO):
-            w, h = int(round(height * max(self.RATIO))), height
-        else:
-            w, h = width, height
-        return (height - h) // 2, (width - w) // 2, h, w
-
-    def __call__(self, img, generator: torch.Generator | None = None) -> torch.Tensor:
-        top, left, h, w = self.crop(*img.size, generator)
-        img = TF.resized_crop(img, top, left, h, w, [self.size, self.size], T.InterpolationMode.BICUBIC,
-                              antialias=True)
-        if self.hflip and torch.rand(1, generator=generator) < 0.5:
-            img = TF.hflip(img)
-        return self.finish(img)
-
-
-def train_transform(bundle: ClipBundle, cfg: FeatureConfig) -> TrainTransform:
-    """Paper: RandomResizedCrop(scale (0.08, 1), bicubic) + flip + CLIP normalisation (:class:`TrainTransform`)."""
-    return TrainTransform(bundle.image_size, cfg.crop_scale_min, cfg.hflip, bundle.mean, bundle.std)
-
-
-def eval_transform(bundle: ClipBundle) -> T.Compose:
-    """Resize the short side (bicubic) + centre crop + CLIP normalisation."""
-    return T.Compose([
-        T.Resize(bundle.image_size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(bundle.image_size),
-        T.ToTensor(),
-        T.Normalize(bundle.mean, bundle.std),
-    ])
-
-
-def transform_identity(bundle: ClipBundle, cfg: FeatureConfig | None) -> str:
-    """What a transform does, for cache keys (None = the test transform)."""
-    if cfg is None:
-        return f"test:{bundle.image_size}:{bundle.mean}:{bundle.std}"
-    return f"train:{bundle.image_size}:{cfg.crop_scale_min}:{cfg.hflip}:{bundle.mean}:{bundle.std}"
