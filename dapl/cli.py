@@ -145,7 +145,8 @@ def sweep_of(a: argparse.Namespace):
 
     if a.kind == "benchmark":
         return Sweep.parse("benchmark", seeds=a.seeds, methods=a.methods, pairs=a.pairs)
-    return Sweep.parse("ablations", seeds=a.seeds, pairs=a.pair, settings=a.settings, m1m2=a.m1m2, taus=a.taus)
+    return Sweep.parse("ablations", seeds=a.seeds, pairs=a.pair, settings=a.settings, m1m2=a.m1m2, taus=a.taus,
+                       pseudo=a.pseudo)
 
 
 def plan_of(a: argparse.Namespace, domains: list[str], cfg: DaplConfig | None = None):
@@ -173,13 +174,17 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     for i, run in enumerate(runs):
         print(f"[{i + 1}/{len(runs)}] {run.spec.pair} {run.spec.label} seed {run.spec.seed}", file=sys.stderr)
         rows.append(run_one(run, bundle=bundle, manifest=manifest, progress=not a.quiet))
-    text = write_tables(rows, out, a.kind).markdown
-    print(text)
+    tables = write_tables(rows, out, a.kind)
+    print(tables.markdown)
+    from dapl.plots import sweep_pngs
+
+    pngs = sweep_pngs(tables.runs, out / "plots")
     print(format_recipe(cfg))
     for line in run_warnings(rows):
         print(line, file=sys.stderr)
     (out / "recipe.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
-    print(f"tables in {out}/{a.kind}_table.md (per-seed mean ± std: {a.kind}_seeds.csv)")
+    print(f"tables in {out}/{a.kind}_table.md (per-seed mean ± std: {a.kind}_seeds.csv)"
+          + (f"; plots in {out / 'plots'}" if pngs else ""))
     return 0
 
 
@@ -310,13 +315,16 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
         b.add_argument("--runs-dir", help=f"default: runs/{kind}/<dataset>-<config digest>")
         b.add_argument("--quiet", action="store_true", help="no per-run progress bars")
         if kind == "benchmark":
-            b.add_argument("--methods", help="default: zero_shot,source_only,dapl (also: dapl+)")
+            b.add_argument("--methods", help="default: zero_shot,source_only,dapl (also: dapl+, pseudo-labels "
+                           "that learn)")
             b.add_argument("--pairs", help="e.g. 'art->real,real->art' (default: the dataset's pairs)")
         else:
             b.add_argument("--pair", help="e.g. 'real->art' (default: data.source->data.target)")
             b.add_argument("--settings", help="prompt settings (default: all five)")
             b.add_argument("--m1m2", help="M1xM2 grid, e.g. '4x4,8x8' (default: {4,8,16} x {4,8,16})")
             b.add_argument("--taus", help="tau grid (default: 0.4,0.5,0.6,0.7)")
+            b.add_argument("--pseudo", help="pseudo-label variants (default: paper,refresh,templates,"
+                           "refresh+templates)")
         b.set_defaults(fn=cmd_benchmark, kind=kind)
 
 

@@ -32,6 +32,10 @@ DEFAULT_SEEDS: tuple[int, ...] = (1,)
 DEFAULT_SETTINGS: tuple[str, ...] = tuple(s.value for s in PromptSetting)
 DEFAULT_M1M2: tuple[tuple[int, int], ...] = tuple(itertools.product((4, 8, 16), (4, 8, 16)))
 DEFAULT_TAUS: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
+# How the target's pseudo-labels are made (ablation axis `pseudo`): the paper's fixed zero-shot labels, relabelled
+# each epoch from a blend with the current prompts, a template-ensemble labeller, or both (= method dapl+).
+PSEUDO_VARIANTS: tuple[str, ...] = ("paper", "refresh", "templates", "refresh+templates")
+DEFAULT_PSEUDO: tuple[str, ...] = PSEUDO_VARIANTS
 
 
 # -- the sweep ---------------------------------------------------------------------------------------------
@@ -70,7 +74,8 @@ def parse_m1m2(cell: str | Sequence[int]) -> tuple[int, int]:
 class Sweep:
     """What to run. ``pairs=None``: the dataset's pairs (benchmark) or ``data.source->data.target`` (ablations).
 
-    Ablations run every prompt setting, every M1×M2 cell and every τ on each pair (an empty axis is skipped).
+    Ablations run every prompt setting, every M1×M2 cell, every τ and every pseudo-label variant on each pair (an
+    empty axis is skipped).
     """
 
     kind: Kind = "benchmark"
@@ -80,6 +85,7 @@ class Sweep:
     settings: tuple[str, ...] = DEFAULT_SETTINGS
     m1m2: tuple[tuple[int, int], ...] = DEFAULT_M1M2
     taus: tuple[float, ...] = DEFAULT_TAUS
+    pseudo: tuple[str, ...] = DEFAULT_PSEUDO
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -89,12 +95,15 @@ class Sweep:
             raise ValueError(f"unknown method(s) {bad}; choose from {METHODS}")
         for s in self.settings:
             PromptSetting(s)
+        bad = [v for v in self.pseudo if v not in PSEUDO_VARIANTS]
+        if bad:
+            raise ValueError(f"unknown pseudo-label variant(s) {bad}; choose from {PSEUDO_VARIANTS}")
         if not self.seeds:
             raise ValueError("seeds: give at least one")
 
     @classmethod
     def parse(cls, kind: str, seeds: Any = None, methods: Any = None, pairs: Any = None, settings: Any = None,
-              m1m2: Any = None, taus: Any = None) -> Sweep:
+              m1m2: Any = None, taus: Any = None, pseudo: Any = None) -> Sweep:
         """From CLI strings (``"1,2"``, ``"real->art,art->real"``, ``"4x4,8x8"``) or flow lists; None = default."""
         if kind not in KIND_ALIASES:
             raise ValueError(f"kind {kind!r}: choose one of {sorted(KIND_ALIASES)}")
@@ -112,6 +121,8 @@ class Sweep:
             kw["m1m2"] = tuple(parse_m1m2(c) for c in _items(m1m2))
         if taus is not None:
             kw["taus"] = tuple(float(t) for t in _items(taus))
+        if pseudo is not None:
+            kw["pseudo"] = tuple(str(v) for v in _items(pseudo))
         return cls(**kw)
 
 
@@ -123,8 +134,8 @@ RUN_SECTIONS = SECTIONS
 class RunSpec:
     """One run: a pair, a seed, and what differs from the base config, as typed values.
 
-    ``axis`` says which sweep axis the run belongs to: ``method`` (benchmark: zero_shot/source_only/dapl),
-    ``setting``, ``m1m2`` or ``tau`` (ablations; ``method`` is then ``dapl``).
+    ``axis`` says which sweep axis the run belongs to: ``method`` (benchmark: zero_shot/source_only/dapl/dapl+),
+    ``setting``, ``m1m2``, ``tau`` or ``pseudo`` (ablations; ``method`` is then ``dapl``).
     """
 
     source: str
@@ -136,6 +147,7 @@ class RunSpec:
     m1: int | None = None
     m2: int | None = None
     tau: float | None = None
+    pseudo: str | None = None
 
     @property
     def pair(self) -> str:
@@ -150,6 +162,8 @@ class RunSpec:
             return f"m1m2:{self.m1}x{self.m2}"
         if self.axis == "tau":
             return f"tau:{self.tau}"
+        if self.axis == "pseudo":
+            return f"pseudo:{self.pseudo}"
         return self.method
 
     @property
@@ -157,12 +171,24 @@ class RunSpec:
         return f"{self.source}_{self.target}/{self.label.replace(':', '_')}/seed{self.seed}"
 
 
+def pseudo_variant(base: DaplConfig, variant: str) -> dict[str, Any]:
+    """The overrides of a pseudo-label variant. ``refresh``: relabelled every epoch from the zero-shot and the
+    current target prompts' probabilities (linear schedule); ``templates``: the zero-shot side a template ensemble
+    of the model's own phrasings (the toy CLIP: its caption templates; OpenAI's CLIP: its ImageNet set)."""
+    refresh = {"pseudo.refresh": "linear", "pseudo.refresh_every": 1}
+    templates = {"pseudo.templates": "toy-captions" if base.model.name == "toy-clip" else "clip-imagenet-80"}
+    paper = {"pseudo.refresh": "none", "pseudo.templates": None}
+    variants = {"paper": paper, "refresh": paper | refresh, "templates": paper | templates,
+                "refresh+templates": refresh | templates}
+    if variant not in variants:
+        raise ValueError(f"unknown pseudo-label variant {variant!r}; choose from {PSEUDO_VARIANTS}")
+    return variants[variant]
+
+
 def dapl_plus(base: DaplConfig) -> dict[str, Any]:
-    """DAPL with pseudo-labels that learn (issue 22): relabelled every epoch from the zero-shot and the current
-    target prompts' probabilities (linear schedule), the zero-shot side a template ensemble of the model's own
-    phrasings (the toy CLIP: its caption templates; OpenAI's CLIP: its ImageNet set). Measured: docs/TOY.md."""
-    templates = "toy-captions" if base.model.name == "toy-clip" else "clip-imagenet-80"
-    return {"pseudo.refresh": "linear", "pseudo.refresh_every": 1, "pseudo.templates": templates}
+    """DAPL with pseudo-labels that learn (issue 22): refreshed and from a template ensemble, fixed for every
+    pair. Measured: docs/TOY.md."""
+    return pseudo_variant(base, "refresh+templates")
 
 
 def run_config(base: DaplConfig, spec: RunSpec, runs_dir: str | Path) -> DaplConfig:
@@ -194,6 +220,8 @@ def run_config(base: DaplConfig, spec: RunSpec, runs_dir: str | Path) -> DaplCon
             over["prompt.init"] = None
     elif spec.axis == "tau":
         over["pseudo.tau"] = spec.tau
+    elif spec.axis == "pseudo":
+        over |= pseudo_variant(base, spec.pseudo or "paper")
     elif spec.axis != "method":
         raise ValueError(f"unknown sweep axis {spec.axis!r}")
     return base.with_overrides(over)
@@ -216,7 +244,16 @@ class Run:
         c = self.config
         return {"sweep.method": self.spec.method, "sweep.axis": self.spec.axis, "sweep.label": self.spec.label,
                 "sweep.setting": c.prompt.setting.value, "sweep.m1": c.prompt.m1, "sweep.m2": c.prompt.m2,
-                "sweep.tau": c.tau, "sweep.pair": self.spec.pair, "sweep.seed": self.spec.seed}
+                "sweep.tau": c.tau, "sweep.refresh": c.pseudo.refresh,
+                "sweep.templates": _templates_name(c.pseudo.templates), "sweep.pair": self.spec.pair,
+                "sweep.seed": self.spec.seed}
+
+
+def _templates_name(templates: str | list[str] | None) -> str:
+    """A template setting as one word for a tracker's axis: ``manual``, a named set, or ``<n> templates``."""
+    if templates is None:
+        return "manual"
+    return templates if isinstance(templates, str) else f"{len(templates)} templates"
 
 
 def default_pairs(dataset: str, domains: Sequence[str]) -> list[tuple[str, str]]:
@@ -250,6 +287,7 @@ def sweep_specs(sweep: Sweep, base: DaplConfig, domains: Sequence[str]) -> list[
                 out += [RunSpec(s, t, seed, axis="setting", setting=st) for seed in (seeds[:1] if one else seeds)]
             out += [RunSpec(s, t, seed, axis="m1m2", m1=a, m2=b) for a, b in sweep.m1m2 for seed in seeds]
             out += [RunSpec(s, t, seed, axis="tau", tau=v) for v in sweep.taus for seed in seeds]
+            out += [RunSpec(s, t, seed, axis="pseudo", pseudo=v) for v in sweep.pseudo for seed in seeds]
     unknown = sorted({d for r in out for d in (r.source, r.target)} - set(domains))
     if unknown:
         raise ValueError(f"domains {unknown} are not in {base.data.dataset} (domains: {list(domains)})")

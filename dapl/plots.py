@@ -160,6 +160,52 @@ def benchmark_png(rows: pl.DataFrame, out: Path) -> Path | None:
     return _save(fig, out)
 
 
+PSEUDO_CURVES = (("pl_accuracy", "pseudo-label accuracy"), ("pl_coverage", "pseudo-label coverage (share ≥ τ)"),
+                 ("target_acc", "target accuracy (%)"))
+
+
+def pseudo_labels_png(rows: pl.DataFrame, out: Path) -> Path | None:
+    """Per-epoch pseudo-label accuracy, coverage and target accuracy of every method that trains on pseudo-labels,
+    on the pair where those methods end furthest apart (first seed): the curves that show why they differ.
+    None with fewer than two such methods."""
+    if rows.is_empty() or "axis" not in rows.columns:
+        return None
+    learned = rows.filter(pl.col("axis").is_in(["method", "pseudo"]) & pl.col("pl_coverage").is_not_null()
+                          & ~pl.col("method").is_in(["zero_shot", "source_only"]))
+    methods = list(dict.fromkeys(learned["method"].to_list()))
+    if len(methods) < 2:
+        return None
+    spread = (learned.group_by(["pair", "method"]).agg(pl.col("accuracy").mean())
+              .group_by("pair").agg((pl.col("accuracy").max() - pl.col("accuracy").min()).alias("gap"))
+              .sort("gap", descending=True))
+    pair = spread["pair"][0]
+    fig, axes = plt.subplots(1, len(PSEUDO_CURVES), figsize=(3.4 * len(PSEUDO_CURVES), 3.1))
+    for m in methods:
+        run = learned.filter((pl.col("pair") == pair) & (pl.col("method") == m)).sort("seed").row(0, named=True)
+        hist = Path(run["output_dir"]) / "history.csv"
+        if not hist.is_file():
+            continue
+        h = pl.read_csv(hist)
+        for ax, (col, _) in zip(axes, PSEUDO_CURVES, strict=True):
+            if col in h.columns:
+                ax.plot(h["epoch"].to_numpy(), h[col].to_numpy(), marker=".", label=f"{m} (seed {run['seed']})")
+    for ax, (_, label) in zip(axes, PSEUDO_CURVES, strict=True):
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize=9)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"pseudo-labels on {pair}", fontsize=10)
+    return _save(fig, out)
+
+
+def sweep_pngs(rows: pl.DataFrame, out: Path) -> list[Path]:
+    """The figures of a benchmark or ablation sweep that apply to its rows (written under ``out``)."""
+    made = (benchmark_png(rows, out / "benchmark.png"), settings_png(rows, out / "prompt_settings.png"),
+            m1m2_png(rows, out / "m1m2_heatmap.png"), tau_png(rows, out / "accuracy_vs_tau.png"),
+            pseudo_labels_png(rows, out / "pseudo_labels.png"))
+    return [p for p in made if p is not None]
+
+
 def run_pngs(out: Path, title: str) -> list[Path]:
     """The figures of one run folder (``history.png``, ``confusion.png``, ``per_class.png``), from its CSVs."""
     makers = (("history", history_png, "training"), ("confusion", confusion_png, "confusion"),

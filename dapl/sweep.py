@@ -16,7 +16,7 @@ import polars as pl
 from dapl import run_store
 from dapl.plan import Run, RunSpec
 
-ROW_AXES = ("axis", "setting", "m1", "m2", "tau")
+ROW_AXES = ("axis", "setting", "m1", "m2", "tau", "refresh", "templates")
 
 
 def run_one(run: Run, bundle=None, manifest=None, progress: str | bool = True,
@@ -57,8 +57,27 @@ def result_row(run: Run, summary: dict) -> dict:
             "seed": spec.seed, "accuracy": final.get(metric), "zero_shot": summary["zero_shot"].get(metric),
             "pl_coverage": summary["pseudo_labels"]["coverage"], "pl_accuracy": summary["pseudo_labels"]["accuracy"],
             "output_dir": cfg.output_dir.as_posix(), "axis": spec.axis, "setting": cfg.prompt.setting.value,
-            "m1": cfg.prompt.m1, "m2": cfg.prompt.m2, "tau": cfg.tau,
-            "diverged": bool(summary.get("diverged")), "no_pseudo_labels": bool(summary.get("no_pseudo_labels"))}
+            "m1": cfg.prompt.m1, "m2": cfg.prompt.m2, "tau": cfg.tau, "refresh": cfg.pseudo.refresh,
+            "templates": run.axes()["sweep.templates"],
+            "diverged": bool(summary.get("diverged")), "no_pseudo_labels": bool(summary.get("no_pseudo_labels")),
+            **regrets(summary)}
+
+
+def regrets(summary: dict) -> dict[str, float | None]:
+    """Points lost against the oracle epoch by each label-free choice of a run (``regret.<criterion>``), and by
+    reporting the last epoch (``regret.last``); empty for runs with nothing to choose (the manual prompt)."""
+    report = summary.get("validators") or {}
+    if not report:
+        return {}
+    oracle = (summary.get("oracle") or {}).get("target_metric")
+    last = (summary.get("final") or {}).get("target_metric")
+    out = {"regret.last": oracle - last if oracle is not None and last is not None else None}
+    return out | {f"regret.{CRITERION_NAMES.get(k, k)}": v.get("regret") for k, v in report.items()}
+
+
+# history column of a label-free criterion -> the name eval.selection knows it by
+CRITERION_NAMES = {"val_entropy": "entropy", "val_im": "im", "val_snd": "snd", "source_val_loss": "source_val",
+                   "pl_agreement": "pl_agreement"}
 
 
 def relabelled(row: dict, spec: RunSpec) -> dict:
@@ -101,6 +120,21 @@ def results_table(rows: list[dict], methods: list[str] | None = None) -> pl.Data
     return table.sort(pl.col("method").replace_strict(order, default=len(order)))
 
 
+def selection_table(rows: list[dict]) -> pl.DataFrame | None:
+    """Mean regret (points below the oracle epoch) of each label-free epoch choice, per method over its runs:
+    which criterion to trust for ``eval.selection``. None when no run had epochs to choose from."""
+    df = pl.DataFrame(rows)
+    cols = [c for c in df.columns if c.startswith("regret.")]
+    if not cols:
+        return None
+    methods = list(dict.fromkeys(df["method"].to_list()))
+    agg = (df.filter(pl.any_horizontal(pl.col(cols).is_not_null()))
+           .group_by("method").agg(*(pl.col(c).mean().alias(c.removeprefix("regret.")) for c in cols),
+                                   pl.len().alias("runs")))
+    order = {m: i for i, m in enumerate(methods)}
+    return agg.sort(pl.col("method").replace_strict(order, default=len(order)))
+
+
 def seed_table(rows: list[dict]) -> pl.DataFrame:
     """Mean ± std over seeds per (method, pair)."""
     df = pl.DataFrame(rows)
@@ -116,14 +150,15 @@ def format_table(table: pl.DataFrame, digits: int = 1) -> str:
     sep = "|" + "|".join("---" for _ in cols) + "|"
     lines = [head, sep]
     for row in table.iter_rows():
-        cells = [row[0]] + [("" if v is None else f"{v:.{digits}f}") for v in row[1:]]
+        cells = [row[0]] + [("" if v is None else str(v) if isinstance(v, int) else f"{v:.{digits}f}") for v in row[1:]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 ROW_COLUMNS = ("pair", "source", "target", "method", "seed", "accuracy", "zero_shot", "pl_coverage", "pl_accuracy",
                "output_dir", *ROW_AXES)
-_FLOATS = ("accuracy", "zero_shot", "pl_coverage", "pl_accuracy", "tau")
+_FLOATS = ("accuracy", "zero_shot", "pl_coverage", "pl_accuracy", "tau", "regret.last",
+           *(f"regret.{n}" for n in CRITERION_NAMES.values()))
 
 
 class Tables(NamedTuple):
@@ -138,7 +173,8 @@ def write_tables(rows: list[dict], out_dir: str | Path, kind: str, extra_columns
     (mean ± std over seeds) in ``out_dir``: what the CLI and the flow both write."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cols = (*ROW_COLUMNS, *extra_columns)
+    regret_cols = tuple(dict.fromkeys(k for r in rows for k in r if k.startswith("regret.")))
+    cols = (*ROW_COLUMNS, *regret_cols, *extra_columns)
     types = {c: pl.Float64 for c in _FLOATS} | {"m1": pl.Int64, "m2": pl.Int64, "run_id": pl.Utf8}
     df = pl.DataFrame([{k: r.get(k) for k in cols} for r in rows],
                       schema_overrides={c: t for c, t in types.items() if c in cols})
@@ -146,6 +182,12 @@ def write_tables(rows: list[dict], out_dir: str | Path, kind: str, extra_columns
     md = format_table(table)
     files = {"table_md": out / f"{kind}_table.md", "table_csv": out / f"{kind}_table.csv",
              "runs_csv": out / f"{kind}_runs.csv", "seeds_csv": out / f"{kind}_seeds.csv"}
+    selection = selection_table(df.to_dicts())
+    if selection is not None:
+        md += ("\n\nlabel-free epoch choice, mean regret against the oracle epoch (points; lower is better; "
+               "`last` is what the table reports):\n" + format_table(selection, 2))
+        files["selection_csv"] = out / f"{kind}_selection.csv"
+        selection.write_csv(files["selection_csv"])
     files["table_md"].write_text(md + "\n")
     table.write_csv(files["table_csv"])
     df.write_csv(files["runs_csv"])

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 
 SND_TEMPERATURE = 0.05  # Saito et al.'s default, kept by every later benchmark of SND
 SND_BLOCK_ROWS = 1024  # a [1024, N] float32 block is ~225 MB at VisDA's N ~ 55k
+# SND is O(N²): above this many target images it scores a fixed random subset (the same every epoch and run), so an
+# epoch's validators cost about a second on a CPU even for VisDA's or DomainNet's targets; the toy's are smaller.
+SND_MAX_IMAGES = 8192
 
 
 def _check(probs: torch.Tensor) -> torch.Tensor:
@@ -85,9 +88,20 @@ ORIENTATION: dict[str, float] = {
 }
 
 
+def snd_subset(n: int, limit: int = SND_MAX_IMAGES) -> torch.Tensor | None:
+    """The rows SND scores when ``n`` exceeds ``limit``: ``limit`` of them, drawn once from a fixed seed (sorted);
+    None means all rows."""
+    if n <= limit:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+
+
 def score_all(probs: torch.Tensor) -> dict[str, float]:
-    """Every validator's score on ``probs``, keyed by its ``history.csv`` column (``val_<name>``)."""
-    return {f"val_{name}": fn(probs) for name, fn in VALIDATORS.items()}
+    """Every validator's score on ``probs``, keyed by its ``history.csv`` column (``val_<name>``); SND on at most
+    ``SND_MAX_IMAGES`` rows (:func:`snd_subset`)."""
+    rows = snd_subset(probs.shape[0])
+    snd_probs = probs if rows is None else probs[rows.to(probs.device)]
+    return {f"val_{name}": fn(snd_probs if name == "snd" else probs) for name, fn in VALIDATORS.items()}
 
 
 def _finite(x) -> float | None:

@@ -187,7 +187,8 @@ def _start_parent(p: FlowParams, req: FlowRequest, runs: list[Run], uri: str, ex
                                       "flow.kind": p.kind, "flow.seeds": list(sweep.seeds),
                                       "flow.methods": list(sweep.methods), "flow.pairs": p.pairs, "flow.pair": p.pair,
                                       "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
-                                      "flow.taus": list(sweep.taus), "flow.runs": len(runs)})
+                                      "flow.taus": list(sweep.taus), "flow.pseudo": list(sweep.pseudo),
+                                      "flow.runs": len(runs)})
     return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags}
 
 

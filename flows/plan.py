@@ -39,11 +39,14 @@ class FlowParams(BaseModel):
     epochs: int | None = Field(None, description="Overrides train.epochs.")
     pairs: list[str] | None = Field(None, description=(
         '"source->target" pairs (default: the dataset\'s pairs; ablations: data.source->data.target).'))
-    methods: list[str] | None = Field(None, description="Benchmark methods (default zero_shot, source_only, dapl).")
+    methods: list[str] | None = Field(None, description=(
+        "Benchmark methods (default zero_shot, source_only, dapl; also dapl+, pseudo-labels that learn)."))
     pair: str | None = Field(None, description="The ablation pair (when pairs is not given).")
     settings: list[str] | None = Field(None, description="Ablation prompt settings (default all five).")
     m1m2: list[str] | None = Field(None, description='Ablation M1xM2 grid, e.g. ["8x8"] (default {4,8,16}x{4,8,16}).')
     taus: list[float] | None = Field(None, description="Ablation τ grid (default 0.4-0.7).")
+    pseudo: list[str] | None = Field(None, description=(
+        'Ablation pseudo-label variants (default "paper", "refresh", "templates", "refresh+templates").'))
     overrides: dict[str, Any] | None = Field(None, description=(
         'Dotted config overrides, e.g. {"train.lr": 0.002, "features.views": 4}.'))
     config: str | None = Field(None, description=(
@@ -84,7 +87,7 @@ class FlowParams(BaseModel):
                              overrides=self.overrides, workdir=wd)
         sweep = Sweep.parse(self.kind, seeds=self.seeds, methods=self.methods,
                             pairs=self.pairs or ([self.pair] if self.pair else None), settings=self.settings,
-                            m1m2=self.m1m2, taus=self.taus)
+                            m1m2=self.m1m2, taus=self.taus, pseudo=self.pseudo)
         return FlowRequest(cfg, sweep, wd)
 
 

@@ -26,10 +26,7 @@ def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str,
         cols = ("pair", "tau", "coverage", "pl_accuracy", "target_acc", "target_mean_per_class")
         pl.DataFrame([{k: z.get(k) for k in cols} for z in zero_shots],
                      schema_overrides={c: pl.Float64 for c in cols[1:]}).write_csv(files["pseudo_csv"])
-    pngs = [p for p in (plots.benchmark_png(df, out / "plots" / "benchmark.png"),
-                        plots.settings_png(df, out / "plots" / "prompt_settings.png"),
-                        plots.m1m2_png(df, out / "plots" / "m1m2_heatmap.png"),
-                        plots.tau_png(df, out / "plots" / "accuracy_vs_tau.png")) if p is not None]
+    pngs = plots.sweep_pngs(df, out / "plots")
     if track and track.get("parent_run_id"):  # the files above are the results; MLflow gets a copy if it can
         uri, run_id = track["uri"], track["parent_run_id"]
         avg = {f"avg.{m}": a for m, a in zip(table["method"].to_list(), table["avg"].to_list(), strict=True)}

@@ -25,7 +25,7 @@ from tasks.common import clip_bundle, key_fn, load_manifest, refuse_user_errors,
 ALL_SECTIONS = (*SECTIONS, "output_dir")
 EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
                  "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss",
-                 "probe_source_loss")
+                 "probe_source_loss", "pl_weight", "val_entropy", "val_im", "val_snd")
 
 
 def checkpoint_epoch(output_dir: str | Path) -> int:

@@ -135,14 +135,18 @@ def test_deleted_run_folder_is_made_again(env, benchmark):
 
 
 def test_ablations_parent_plots(env, benchmark):
-    """Seven configurations under eight labels: τ 0.5 is the unified+domain setting (one result, two MLflow
-    runs), which is the benchmark's DAPL run (copied from the run store, not trained again)."""
+    """Eight configurations under nine labels (pseudo:refresh the eighth): τ 0.5 is the unified+domain setting (one
+    result, two MLflow runs), which is the benchmark's DAPL run (copied from the run store, not trained again)."""
     from mlflow import MlflowClient
 
-    res = _run(env, "ablations", m1m2=["2x4"], taus=[0.3, 0.5])
+    res = _run(env, "ablations", m1m2=["2x4"], taus=[0.3, 0.5], pseudo=["refresh"])
     c = MlflowClient(env["uri"])
     kids = {r.info.run_name: r for r in _children(c, res)}
-    assert len(kids) == 8 and "real->art setting:class_specific_domain seed1" in kids
+    assert len(kids) == 9 and "real->art setting:class_specific_domain seed1" in kids
+    refresh = kids["real->art pseudo:refresh seed1"]
+    assert (refresh.data.params["sweep.refresh"], refresh.data.params["sweep.templates"]) == ("linear", "manual")
+    weights = sorted(c.get_metric_history(refresh.info.run_id, "pl_weight"), key=lambda m: m.step)
+    assert [m.value for m in weights] == pytest.approx([e / EPOCHS for e in range(EPOCHS)], abs=1e-9)
     arts = {a.path for a in c.list_artifacts(res["parent_run_id"], "plots")}
     assert arts == {"plots/accuracy_vs_tau.png", "plots/m1m2_heatmap.png", "plots/prompt_settings.png"}
     trained = Path(benchmark["runs_dir"]) / "real_art" / "dapl" / "seed1"
@@ -160,7 +164,7 @@ def test_ablations_parent_plots(env, benchmark):
     rows = pl.read_csv(Path(res["files"]["runs_csv"]))
     shared = rows.filter(pl.col("method").is_in(["setting:unified_domain", "tau:0.5"]))
     assert shared.height == 2 and shared["output_dir"].n_unique() == 1 and shared["accuracy"].n_unique() == 1
-    assert rows.height == 8 and "tau:0.5" in res["table"] and "setting:unified_domain" in res["table"]
+    assert rows.height == 9 and "tau:0.5" in res["table"] and "setting:unified_domain" in res["table"]
 
 
 def _children_named(client, result: dict) -> dict[str, str]:

@@ -67,7 +67,7 @@ def test_cli_and_flow_plan_identical_runs(kind, flow_kind, monkeypatch):
                 "--set", "train.lr=0.01"]
         cli_cfg, cli_dir, cli_runs = cli.plan_of(cli.build_parser().parse_args(args), TOY_DOMAINS)
         assert [(r.spec, r.config) for r in req.runs(TOY_DOMAINS)] == [(r.spec, r.config) for r in cli_runs]
-        assert len(cli_runs) == 1 + 4 * 2 + 2 + 2
+        assert len(cli_runs) == 1 + 4 * 2 + 2 + 2 + 4 * 2
 
 
 def test_config_paths_resolve_against_the_file_not_the_workdir(tmp_path):

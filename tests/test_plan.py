@@ -11,7 +11,9 @@ from dapl.paths import PROJECT_ROOT, TOY_CHECKPOINT
 from dapl.plan import (
     DEFAULT_M1M2,
     DEFAULT_TAUS,
+    PSEUDO_VARIANTS,
     RUN_SECTIONS,
+    Run,
     RunSpec,
     Sweep,
     default_runs_dir,
@@ -61,12 +63,12 @@ def test_identical_configs_are_one_run_under_every_label():
     by_label = {r.spec.label: r for r in runs}
     shared = by_label["setting:unified_domain"]
     twins = [r.spec.label for r in runs if r.config == shared.config]
-    assert twins == ["setting:unified_domain", "m1m2:16x16", "tau:0.5"]
+    assert twins == ["setting:unified_domain", "m1m2:16x16", "tau:0.5", "pseudo:paper"]
     assert str(shared.config.output_dir) == "/r/real_art/setting_unified_domain/seed1"
     own = run_config(base, by_label["tau:0.5"].spec, "/r")  # what the τ cell resolved to before the dedupe
     assert own.output_dir != shared.config.output_dir and own.digest(*RUN_SECTIONS) == shared.digest
     distinct = distinct_runs(runs)
-    assert len(distinct) == len(runs) - 2 and any(r is shared for r in distinct)
+    assert len(distinct) == len(runs) - 3 and any(r is shared for r in distinct)
     assert len({r.config.output_dir for r in distinct}) == len(distinct)
     bench = plan_runs(Sweep(seeds=(1, 2)), base, TOY_DOMAINS, "/r")
     assert distinct_runs(bench) == bench  # no two benchmark labels share a configuration
@@ -84,6 +86,27 @@ def test_sweep_parses_cli_strings_and_flow_lists_alike():
         Sweep.parse("benchmark", methods="dapl,oracle")
     with pytest.raises(ValueError, match="source->target"):
         Sweep.parse("benchmark", pairs="real:art")
+
+
+def test_pseudo_label_variants_change_only_the_labeller():
+    """The ablation's pseudo axis: refresh and templates each alone, both together equal method dapl+, and the
+    paper cell equal to the base DAPL run; MLflow's sweep axes name them."""
+    base = resolve_config(workdir=PROJECT_ROOT)
+    cell = {v: run_config(base, RunSpec("real", "art", 1, axis="pseudo", pseudo=v), "/r") for v in PSEUDO_VARIANTS}
+    plus = run_config(base, RunSpec("real", "art", 1, "dapl+"), "/r")
+    dapl = run_config(base, RunSpec("real", "art", 1, "dapl"), "/r")
+    assert cell["paper"].digest(*RUN_SECTIONS) == dapl.digest(*RUN_SECTIONS)
+    assert cell["refresh+templates"].digest(*RUN_SECTIONS) == plus.digest(*RUN_SECTIONS)
+    assert (cell["refresh"].pseudo.refresh, cell["refresh"].pseudo.templates) == ("linear", None)
+    assert (cell["templates"].pseudo.refresh, cell["templates"].pseudo.templates) == ("none", "toy-captions")
+    for v in PSEUDO_VARIANTS:  # nothing but the pseudo section differs from DAPL
+        assert cell[v].digest(*(s for s in RUN_SECTIONS if s != "pseudo")) == dapl.digest(
+            *(s for s in RUN_SECTIONS if s != "pseudo"))
+    axes = Run(RunSpec("real", "art", 1, axis="pseudo", pseudo="templates"), cell["templates"]).axes()
+    assert (axes["sweep.refresh"], axes["sweep.templates"], axes["sweep.label"]) == ("none", "toy-captions",
+                                                                                     "pseudo:templates")
+    with pytest.raises(ValueError, match="pseudo-label variant"):
+        Sweep.parse("ablations", pseudo="refresh,oracle")
 
 
 def test_run_specs_carry_typed_overrides():

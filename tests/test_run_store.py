@@ -98,11 +98,11 @@ def test_identical_runs_train_once_across_commands(tmp_path, folder_params, monk
     assert trained == [tmp_path / "bench" / "light_dark" / "dapl" / "seed1"]
     bench = pl.read_csv(tmp_path / "bench" / "benchmark_runs.csv").row(0, named=True)
     assert main(["ablations", *c, "--pair", "light->dark", "--settings", "unified_domain", "--m1m2", "2x2",
-                 "--taus", "0.5", "--runs-dir", str(tmp_path / "abl")]) == 0
+                 "--taus", "0.5", "--pseudo", "paper", "--runs-dir", str(tmp_path / "abl")]) == 0
     assert len(trained) == 1, trained
     abl = pl.read_csv(tmp_path / "abl" / "ablations_runs.csv")
-    assert abl["method"].to_list() == ["setting:unified_domain", "m1m2:2x2", "tau:0.5"]
-    assert abl["axis"].to_list() == ["setting", "m1m2", "tau"]
+    assert abl["method"].to_list() == ["setting:unified_domain", "m1m2:2x2", "tau:0.5", "pseudo:paper"]
+    assert abl["axis"].to_list() == ["setting", "m1m2", "tau", "pseudo"]
     assert set(abl["output_dir"].to_list()) == {str(tmp_path / "abl" / "light_dark" / "setting_unified_domain" /
                                                      "seed1")}
     assert all(abs(a - bench["accuracy"]) < 1e-9 for a in abl["accuracy"].to_list())
@@ -110,7 +110,7 @@ def test_identical_runs_train_once_across_commands(tmp_path, folder_params, monk
     for name in ("metrics.json", "prompts.safetensors", "history.csv"):
         assert (shared / name).read_bytes() == (Path(bench["output_dir"]) / name).read_bytes(), name
     table = (tmp_path / "abl" / "ablations_table.md").read_text()
-    assert all(label in table for label in ("setting:unified_domain", "m1m2:2x2", "tau:0.5"))
+    assert all(label in table for label in ("setting:unified_domain", "m1m2:2x2", "tau:0.5", "pseudo:paper"))
     assert main(["benchmark", *c, "--methods", "dapl", "--pairs", "light->dark", "--runs-dir",
                  str(tmp_path / "bench")]) == 0
     assert len(trained) == 1  # its own finished run: read back, not trained again

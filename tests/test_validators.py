@@ -15,6 +15,7 @@ from dapl.validators import (
     pick,
     score_all,
     selection_report,
+    snd_subset,
     soft_neighborhood_density,
 )
 from tests.tolerances import assert_close
@@ -114,6 +115,18 @@ def test_score_all_names_the_history_columns():
     assert sorted(scores) == ["val_entropy", "val_im", "val_snd"]
     assert_close(scores["val_im"], information_maximization(probs))
     assert all(isinstance(v, float) for v in scores.values())
+
+
+def test_snd_of_a_large_target_scores_a_fixed_subset():
+    """Above the limit SND reads the same fixed rows every call (no growth with N², no drift between epochs); at
+    or below it, every row."""
+    assert snd_subset(50, limit=50) is None
+    rows = snd_subset(200, limit=40)
+    assert rows.shape == (40,) and torch.equal(rows, snd_subset(200, limit=40))
+    assert torch.equal(rows, rows.sort().values)
+    assert len(set(rows.tolist())) == 40 and int(rows.max()) < 200
+    probs = torch.softmax(torch.randn(120, 5, generator=torch.Generator().manual_seed(4)) * 3, dim=1)
+    assert_close(score_all(probs)["val_snd"], soft_neighborhood_density(probs))  # 120 rows: all of them
 
 
 def _history(targets, **columns):
