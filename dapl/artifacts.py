@@ -56,11 +56,12 @@ def read_image(path: str | Path) -> Image.Image:
 
 
 def save_prompts(out_dir: str | Path, learner: PromptLearner, cfg: DaplConfig, model_identity: str,
-                 extra: dict | None = None) -> Path:
-    """``prompts.safetensors`` (context vectors) + ``prompts.json`` (config, classes, domains)."""
+                 extra: dict | None = None, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """``prompts.safetensors`` (context vectors: the learner's, or ``tensors`` of another epoch) +
+    ``prompts.json`` (config, classes, domains)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = learner.context_tensors()
+    tensors = learner.context_tensors() if tensors is None else tensors
     meta = {"config": cfg.to_dict(), "classnames": learner.classnames, "domains": learner.domains,
             "model_identity": model_identity, **(extra or {})}
     if tensors:

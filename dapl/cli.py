@@ -188,6 +188,38 @@ def cmd_benchmark(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(a: argparse.Namespace) -> int:
+    """Zero-shot, source-only and DAPL on your own labelled source and unlabelled target folders."""
+    cfg = _config(a)  # bad config fails before the model stack loads
+    from dapl.adapt_own import build_report, format_report, plan_own, prepare, write_report
+    from dapl.clip import load_clip
+    from dapl.plan import format_recipe
+    from dapl.stages import build_task
+    from dapl.sweep import run_one, run_warnings
+
+    out = Path(a.out).absolute()
+    manifest, run_cfg, sample = prepare(cfg, a.source, a.target, out, a.labelled_sample, progress=not a.quiet)
+    print(manifest.summary(), file=sys.stderr)
+    print(format_recipe(run_cfg), file=sys.stderr)
+    runs = plan_own(run_cfg, out, tuple(int(s) for s in str(a.seed).split(",")))
+    bundle = load_clip(run_cfg.model)
+    rows = []
+    for i, run in enumerate(runs):
+        print(f"[{i + 1}/{len(runs)}] {run.spec.label} seed {run.spec.seed}", file=sys.stderr)
+        rows.append(run_one(run, bundle=bundle, manifest=manifest, progress=not a.quiet))
+    report = build_report(runs, rows, build_task(run_cfg, manifest), sample, a.source, a.target)
+    files = write_report(report, out)
+    print(format_report(report))
+    for line in run_warnings(rows):
+        print(line, file=sys.stderr)
+    if a.register:
+        from tasks.adapted_model import register_prompts  # MLflow: only when asked to register
+
+        print(register_prompts(report["exported"], a.register))
+    print(f"report in {files[1]} (and {files[0].name}); runs in {out / 'runs'}")
+    return 0
+
+
 def _predict_files(args: list[str]) -> list[Path]:
     """The files named, and every file under the folders named (hidden and OS leftovers skipped)."""
     from dapl.datasets.tree import ignored_name
@@ -253,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_commands(sub)
     _add_stage_commands(sub)
     _add_sweep_commands(sub)
+    _add_adapt_command(sub)
     _add_predict_command(sub)
     _add_toy_commands(sub)
     return p
@@ -326,6 +359,19 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
             b.add_argument("--pseudo", help="pseudo-label variants (default: paper,refresh,templates,"
                            "refresh+templates)")
         b.set_defaults(fn=cmd_benchmark, kind=kind)
+
+
+def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
+    ad = sub.add_parser("adapt", help="adapt to your own unlabelled target images (zero-shot, source-only, DAPL)")
+    _add_config_args(ad)
+    ad.add_argument("--source", required=True, help="labelled source images: <class>/<image> folders")
+    ad.add_argument("--target", required=True, help="unlabelled target images: one flat folder")
+    ad.add_argument("--labelled-sample", help="a CSV path,label of a few target images, to score the result on")
+    ad.add_argument("--out", default="runs/adapt", help="where the manifest, runs and report go")
+    ad.add_argument("--seed", default="1", help="training seed(s), e.g. 1 or 1,2,3")
+    ad.add_argument("--register", metavar="NAME", help="register DAPL's prompts in MLflow under NAME")
+    ad.add_argument("--quiet", action="store_true", help="no progress bars")
+    ad.set_defaults(fn=cmd_adapt)
 
 
 def _add_predict_command(sub: argparse._SubParsersAction) -> None:

@@ -22,7 +22,8 @@ from dapl.config import DaplConfig
 DAPL_SOURCES = Path(dapl.__file__).resolve().parent
 # what a finished run wrote (dapl.stages.write_outputs and the trainer's checkpoint); plots are drawn per label
 RESULT_FILES = ("metrics.json", "history.csv", "prompts.safetensors", "prompts.json", "nearest_tokens.json",
-                "nearest_tokens.txt", "per_class.csv", "confusion.csv", "checkpoint.pt")
+                "nearest_tokens.txt", "per_class.csv", "confusion.csv", "checkpoint.pt", "selected/prompts.safetensors",
+                "selected/prompts.json")
 ORIGIN_FILE = "origin.json"
 
 
@@ -81,5 +82,7 @@ def _copy_results(src: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in RESULT_FILES:
         f = src / name
-        if f.is_file() and not f.is_symlink():
-            shutil.copyfile(f, dest / name)
+        to = dest / name
+        if f.is_file() and not f.is_symlink() and not f.parent.is_symlink() and not to.parent.is_symlink():
+            to.parent.mkdir(exist_ok=True)
+            shutil.copyfile(f, to)

@@ -22,6 +22,8 @@ from dapl.paths import default_manifest
 from dapl.pseudo_labels import labeller_templates, pseudo_label, zero_shot_report, zero_shot_text
 from dapl.train import TrainResult, train
 
+SELECTED = "selected"  # the run folder's subfolder holding the prompts of the epoch eval.selection picked
+
 
 def manifest_path(cfg: DaplConfig) -> Path:
     """Where the dataset's manifest lives: ``data.manifest``, else the one rule of :func:`dapl.paths.default_manifest`
@@ -128,6 +130,9 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationData, res
     out.mkdir(parents=True, exist_ok=True)
     prompts = res.model.prompts
     save_prompts(out, prompts, cfg, bundle.identity)
+    if res.selected_context is not None:  # the label-free choice's epoch, ready to predict with or register
+        save_prompts(out / SELECTED, prompts, cfg, bundle.identity, {"epoch": res.selection["epoch"],
+                     "criterion": res.selection["criterion"]}, tensors=res.selected_context)
     decoded = nearest_tokens(prompts, bundle) if prompts.cfg.learned else {}
     (out / "nearest_tokens.json").write_text(json.dumps(decoded, indent=1))
     (out / "nearest_tokens.txt").write_text(format_nearest(decoded, top=3) + "\n")
@@ -156,27 +161,37 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationData, res
     return summary
 
 
-def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle | None = None,
-                     task: AdaptationData | None = None) -> dict:
-    """Score saved prompts on ``cfg.data``'s target domains (each image with its own domain's prompts)."""
+def predict_cached(cfg: DaplConfig, prompt_dir: str | Path, images, domain_names: list[str],
+                   bundle: ClipBundle | None = None):
+    """``(predictions, probabilities)`` of saved prompts on ``images`` (an ImageSet whose domain indices point into
+    ``domain_names``), each image with its own domain's prompts, from the cached test view (encoded if missing)."""
     import torch
 
     from dapl.artifacts import load_model, load_prompts
 
     _, meta = load_prompts(prompt_dir)
     saved = DaplConfig.model_validate(meta["config"])
-    task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(saved.model)
     if meta.get("model_identity") and meta["model_identity"] != bundle.identity:
         raise ValueError(f"{prompt_dir} was trained on {meta['model_identity']}, not {bundle.identity}; "
                          "evaluate with the model it was trained on")
-    missing = [task.domains[d] for d in task.target_domains if task.domains[d] not in meta["domains"]]
+    wanted = sorted({int(d) for d in images.domains})
+    missing = [domain_names[d] for d in wanted if domain_names[d] not in meta["domains"]]
     if missing:
         raise ValueError(f"{prompt_dir} has prompts for domains {meta['domains']}, not {missing}")
     model = load_model(prompt_dir, bundle, meta)
     cache = FeatureCache.from_config(cfg.features, bundle)
-    feats = cache.test_features(task.evaluation, desc="target test view").to(bundle.device)
-    remap = torch.as_tensor([meta["domains"].index(d) for d in task.domains], device=bundle.device)
-    pred, _ = model.predict(feats, remap[torch.as_tensor(task.evaluation.domains, device=bundle.device)])
-    ms = target_metrics(task, pred.cpu().numpy())
+    feats = cache.test_features(images, desc="target test view").to(bundle.device)
+    remap = torch.as_tensor([meta["domains"].index(d) if d in meta["domains"] else -1 for d in domain_names],
+                            device=bundle.device)
+    pred, probs = model.predict(feats, remap[torch.as_tensor(images.domains, device=bundle.device)])
+    return pred.cpu().numpy(), probs.cpu().numpy()
+
+
+def evaluate_prompts(cfg: DaplConfig, prompt_dir: str | Path, bundle: ClipBundle | None = None,
+                     task: AdaptationData | None = None) -> dict:
+    """Score saved prompts on ``cfg.data``'s target domains (each image with its own domain's prompts)."""
+    task = task or build_task(cfg)  # data problems surface before any weights are loaded
+    pred, _ = predict_cached(cfg, prompt_dir, task.evaluation, task.domains, bundle)
+    ms = target_metrics(task, pred)
     return {"prompts": str(prompt_dir), "metrics": {k: m.to_dict() for k, m in ms.items()}}

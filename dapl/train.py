@@ -47,6 +47,7 @@ class TrainResult:
     target_metrics: dict[str, Metrics] = field(default_factory=dict)
     diverged: dict | None = None  # first epoch whose prompts broke (dapl.divergence)
     validators: dict = field(default_factory=dict)  # per label-free criterion: its epoch, accuracy, regret
+    selected_context: dict | None = None  # the context vectors of the label-free choice's epoch (None: last)
 
 
 @dataclass
@@ -279,5 +280,7 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
 
     ms = ms or scores.target(model, _text(model, tc))[0]
     final = history[-1] if history else {}
-    return TrainResult(model, history, final, zero_shot, selected(best, final, cfg.eval.selection), oracle(history),
-                       pseudo, ms, diverged, selection_report(history))
+    choice = selected(best, final, cfg.eval.selection)
+    chosen = best["context"] if best and choice["epoch"] != final.get("epoch") else None
+    return TrainResult(model, history, final, zero_shot, choice, oracle(history), pseudo, ms, diverged,
+                       selection_report(history), chosen)

@@ -33,10 +33,15 @@ def test_run_key_follows_what_the_result_depends_on():
     assert key != run_store.run_key(cfg, "model-a", _task("s", "t", "test"))
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+
+
 def test_store_copies_a_finished_run_whole_and_never_links(tmp_path):
     trained = tmp_path / "runs" / "a"
     trained.mkdir(parents=True)
     for name in run_store.RESULT_FILES:
+        (trained / name).parent.mkdir(exist_ok=True)
         (trained / name).write_text(json.dumps({"final": {}, "file": name}))
     (trained / "tracking_pending.json").write_text("{}")  # the run's own MLflow journal is not a result
     (tmp_path / "elsewhere.txt").write_text("x")
@@ -46,13 +51,13 @@ def test_store_copies_a_finished_run_whole_and_never_links(tmp_path):
     assert run_store.fetch(cfg, "k") is None
     run_store.record(cfg, "k")
     stored = tmp_path / "cache" / "runs" / "k"
-    assert sorted(p.name for p in stored.iterdir()) == sorted([*run_store.RESULT_FILES, run_store.ORIGIN_FILE])
-    assert not any(p.is_symlink() for p in stored.iterdir())
+    assert _files(stored) == sorted([*run_store.RESULT_FILES, run_store.ORIGIN_FILE])
+    assert not any(p.is_symlink() for p in stored.rglob("*"))
     other = cfg.with_overrides({"output_dir": str(tmp_path / "runs" / "b")})
     summary, origin = run_store.fetch(other, "k")
     assert origin == trained.as_posix() and summary == {"final": {}, "file": "metrics.json"}
     copied = tmp_path / "runs" / "b"
-    assert sorted(p.name for p in copied.iterdir()) == sorted(run_store.RESULT_FILES)
+    assert _files(copied) == sorted(run_store.RESULT_FILES)
     assert all((copied / n).read_bytes() == (trained / n).read_bytes() for n in run_store.RESULT_FILES)
     (trained / "metrics.json").write_text("{}")  # an entry is written once: a later record keeps it
     run_store.record(cfg, "k")

@@ -40,7 +40,7 @@ from dapl.progress import track
 
 
 @dataclass
-class _Item:
+class IndexItem:
     path: str  # POSIX, relative to the dataset root
     domain: str
     class_folder: str | None
@@ -62,7 +62,7 @@ def _refused_notes(root: Path, refused: Iterable[Refused], domain: str | None = 
                   f"{r.detail}") for r in refused]
 
 
-def _folder_items(root: Path, d: DomainSpec, split: str, notes: list[dict]) -> list[_Item]:
+def _folder_items(root: Path, d: DomainSpec, split: str, notes: list[dict]) -> list[IndexItem]:
     """Items below domain ``d``'s folder: one per file of each class folder, walked without following links."""
     ddir = domain_dir(root, d)
     if ddir is None:
@@ -73,14 +73,14 @@ def _folder_items(root: Path, d: DomainSpec, split: str, notes: list[dict]) -> l
         base = kids[0][0]
         kids, refused = scan(base)
     notes += _refused_notes(root, refused, d.key)
-    items: list[_Item] = []
+    items: list[IndexItem] = []
     for entry, is_dir in kids:
         if is_dir:
             inside: list[Refused] = []
-            items += [_Item(_rel(root, f), d.key, entry.name, split) for f in walk_files(entry, inside)]
+            items += [IndexItem(_rel(root, f), d.key, entry.name, split) for f in walk_files(entry, inside)]
             notes += _refused_notes(root, inside, d.key, entry.name)
         else:
-            items.append(_Item(_rel(root, entry), d.key, None, split,
+            items.append(IndexItem(_rel(root, entry), d.key, None, split,
                                problem="no_class: file is not inside a class folder"))
     return items
 
@@ -124,9 +124,9 @@ def _refuse_linked_list(root: Path, spec: DatasetSpec, rel: str) -> None:
                                  f"split file {rel}); {LINK_FIX}")
 
 
-def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Item]:
+def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[IndexItem]:
     """Items of image_list (VisDA) and split_files (DomainNet) layouts; unlisted files are counted."""
-    items: list[_Item] = []
+    items: list[IndexItem] = []
     seen: set[str] = set()
     links: dict[str, str | None] = {}  # folder -> first link on its path (see link_on_path)
     for d in spec.domains:
@@ -158,7 +158,7 @@ def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Ite
             for path, label in _parse_list(lf, prefix, notes, d.key):
                 parts = path.split("/")
                 cls = parts[1] if len(parts) >= 3 else None  # <domain folder>/<class>/.../<file>
-                it = _Item(path, d.key, cls, split, label)
+                it = IndexItem(path, d.key, cls, split, label)
                 if path in seen:
                     it.problem = f"duplicate_listing: listed more than once (again in {lf.name})"
                 elif (link := link_on_path(root, path, links)) is not None:
@@ -184,7 +184,7 @@ def _listed_items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Ite
     return items
 
 
-def _assign_classes(spec: DatasetSpec, items: list[_Item]) -> tuple[tuple[str, ...], dict[str, int]]:
+def _assign_classes(spec: DatasetSpec, items: list[IndexItem]) -> tuple[tuple[str, ...], dict[str, int]]:
     """Class folders in index order, and folder -> index. Split-file datasets without a fixed list take
     their classes from the labels (folder named most often for each label), ordered by label."""
     folders = spec.class_folders
@@ -209,7 +209,7 @@ def _assign_classes(spec: DatasetSpec, items: list[_Item]) -> tuple[tuple[str, .
     return folders, index
 
 
-def _check_collisions(root: Path, folders: tuple[str, ...], items: list[_Item]) -> None:
+def _check_collisions(root: Path, folders: tuple[str, ...], items: list[IndexItem]) -> None:
     """Two class folders with one display name (``Dog``/``dog``, ``hot_dog``/``hot dog``) would be two classes
     with the same prompt: an error naming both folders."""
     where: dict[str, str] = {}
@@ -294,8 +294,8 @@ def index_dataset(name: str | DatasetSpec, root: Path | str, *, workers: int | N
         raise DatasetLayoutError(_nothing_found(root, spec, notes))
     folders, index = _assign_classes(spec, items)
     _check_collisions(root, folders, items)
-    results = _verify_all(root, spec, items, workers, decode, progress)
-    rows = [_row(root, item, results.get(i), index) for i, item in enumerate(items)]
+    results = verify_items(root, spec.name, items, workers, decode, progress)
+    rows = [manifest_row(root, item, results.get(i), index) for i, item in enumerate(items)]
     return Manifest(df=_in_domain_order(rows, spec), root=root, dataset=spec.name,
                     classes=[display_name(f) for f in folders], class_folders=list(folders),
                     domains=[d.key for d in spec.domains],
@@ -327,14 +327,14 @@ def _count_notes(spec: DatasetSpec, root: Path, check_counts: bool) -> list[dict
                   f"{describe(short)} (indexed with --allow-incomplete)") for short in shortfalls(spec, root)]
 
 
-def _items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[_Item]:
+def _items(root: Path, spec: DatasetSpec, notes: list[dict]) -> list[IndexItem]:
     if spec.layout in ("image_list", "split_files"):
         return _listed_items(root, spec, notes)
     return [it for d in spec.domains for it in _folder_items(root, d, "all", notes)]
 
 
-def _verify_all(root: Path, spec: DatasetSpec, items: list[_Item], workers: int | None, decode: bool,
-                progress: str | bool) -> dict[int, dict]:
+def verify_items(root: Path, name: str, items: list[IndexItem], workers: int | None, decode: bool,
+                 progress: str | bool) -> dict[int, dict]:
     """:func:`verify_image` over every item not already refused, in a thread pool, keyed by item position."""
     todo = [i for i, it in enumerate(items) if it.problem is None]
     results: dict[int, dict] = {}
@@ -342,13 +342,13 @@ def _verify_all(root: Path, spec: DatasetSpec, items: list[_Item], workers: int 
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # recorded as a problem instead
         with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
             it = pool.map(lambda i: verify_image(root / items[i].path, decode=decode), todo)
-            for i, res in zip(todo, track(it, f"verify {spec.name}", "img", total=len(todo), mode=progress),
+            for i, res in zip(todo, track(it, f"verify {name}", "img", total=len(todo), mode=progress),
                               strict=True):
                 results[i] = res
     return results
 
 
-def _row(root: Path, item: _Item, res: dict | None, index: dict[str, int]) -> dict:
+def manifest_row(root: Path, item: IndexItem, res: dict | None, index: dict[str, int]) -> dict:
     """One manifest row: a refused item keeps its reason, and a link is never stat'ed through."""
     linked = (item.problem or "").startswith("symlink:")
     res = res or _stat_only(None if linked else root / item.path)

@@ -43,7 +43,11 @@ def find_problems(df: pl.DataFrame, classes: list[str], domains: list[str],
     for d in domains:
         if not counts.get(d):
             out.append(note("error", "empty_domain", d, None, None, "domain has no usable image"))
-    live = [d for d in domains if counts.get(d)]
+    unlabelled = {d for d, c in have if c < 0} - {d for d, c in have if c >= 0}  # a flat folder: no classes
+    for d in sorted(unlabelled):
+        out.append(note("info", "unlabelled_domain", d, None, None,
+                        "images without class folders: adapted to, never scored (give a labelled sample to score)"))
+    live = [d for d in domains if counts.get(d) and d not in unlabelled]
     for c, name in enumerate(classes):
         present = [d for d in live if (d, c) in have]
         if not present:
