@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,11 @@ SELECTION = "im"
 REPORT = "adapt_report"
 
 
+def own_root(source: Path | str, target: Path | str) -> Path:
+    """The folder both your folders are under (decided lexically): the manifest's root."""
+    return Path(os.path.commonpath([Path(source).absolute(), Path(target).absolute()]))
+
+
 def own_config(base: DaplConfig, manifest_file: Path, root: Path) -> DaplConfig:
     """``base`` pointed at your data (dataset ``folder``, domains source and target), label-free selection on."""
     selection = base.eval.selection if base.eval.selection not in ("last", "source_val") else SELECTION
@@ -37,10 +43,13 @@ def own_config(base: DaplConfig, manifest_file: Path, root: Path) -> DaplConfig:
                                 "eval.selection": selection})
 
 
-def plan_own(cfg: DaplConfig, out_dir: Path, seeds: tuple[int, ...] = (1,)) -> list[Run]:
-    """The benchmark's plan on the one pair source->target: zero-shot, source-only and DAPL."""
-    sweep = Sweep(kind="benchmark", seeds=seeds, methods=METHODS, pairs=((SOURCE, TARGET),))
-    return plan_runs(sweep, cfg, [SOURCE, TARGET], out_dir / "runs")
+def own_sweep(seeds: tuple[int, ...] = (1,)) -> Sweep:
+    """The benchmark's sweep on the one pair source->target: zero-shot, source-only and DAPL."""
+    return Sweep(kind="benchmark", seeds=seeds, methods=METHODS, pairs=((SOURCE, TARGET),))
+
+
+def plan_own(cfg: DaplConfig, runs_dir: Path, seeds: tuple[int, ...] = (1,)) -> list[Run]:
+    return plan_runs(own_sweep(seeds), cfg, [SOURCE, TARGET], runs_dir)
 
 
 def prepare(base: DaplConfig, source: Path | str, target: Path | str, out_dir: Path | str,

@@ -201,7 +201,7 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     manifest, run_cfg, sample = prepare(cfg, a.source, a.target, out, a.labelled_sample, progress=not a.quiet)
     print(manifest.summary(), file=sys.stderr)
     print(format_recipe(run_cfg), file=sys.stderr)
-    runs = plan_own(run_cfg, out, tuple(int(s) for s in str(a.seed).split(",")))
+    runs = plan_own(run_cfg, out / "runs", tuple(int(s) for s in str(a.seed).split(",")))
     bundle = load_clip(run_cfg.model)
     rows = []
     for i, run in enumerate(runs):

@@ -79,7 +79,7 @@ def index_own_data(source: Path | str, target: Path | str, *, workers: int | Non
     src, tgt = _folder(source, "--source"), _folder(target, "--target")
     if src == tgt or tgt.is_relative_to(src) or src.is_relative_to(tgt):
         raise DatasetLayoutError(f"--source {source} and --target {target} overlap; give two separate folders")
-    root = Path(os.path.commonpath([src, tgt]))
+    root = Path(os.path.commonpath([src, tgt]))  # = dapl.adapt_own.own_root
     notes: list[dict] = []
     items = _source_items(root, src, notes) + _target_items(root, tgt, notes)
     folders = tuple(sorted({it.class_folder for it in items if it.domain == SOURCE and it.class_folder}))

@@ -19,6 +19,8 @@ DEPLOYMENTS = {
     "full-benchmark": "Every ordered pair of a dataset x (zero-shot, source-only, DAPL) x seeds "
                       "(default: the toy world)",
     "ablations": "The paper's ablations on one pair: five prompt settings, an M1xM2 grid, a tau grid 0.4-0.7",
+    "adapt": "Your own data: labelled source class folders (source_dir) -> a flat folder of unlabelled target "
+             "images (target_dir); zero-shot, source-only and DAPL with a label-free report",
 }
 
 

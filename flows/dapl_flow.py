@@ -39,6 +39,7 @@ from tasks import (
     zero_shot,
 )
 from tasks.common import code_version, is_user_error, results_dir
+from tasks.own import adapt_report, index_own
 from tasks.train import complete_tracking
 
 
@@ -139,6 +140,10 @@ def dapl(**params: Any) -> dict:
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
         raise
     rows = done.rows
+    if p.kind == "adapt":
+        src, tgt, sample = p.own_paths()
+        rep = adapt_report(cfg.to_dict(), runs, rows, src, tgt, sample, str(rdir))
+        summary = {**summary, "markdown": rep["markdown"], "files": {**summary["files"], "report": rep["files"][1]}}
     cached = sum(1 for r in rows if r["cached"])
     print(f"\n{p.kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
@@ -156,6 +161,12 @@ def _data_inputs(cfg: DaplConfig, p: FlowParams) -> tuple[list[str], dict[str, s
     """Fetch and index the dataset (and pretrain the toy checkpoint if it is missing): the manifest's domains and
     the inputs every model task takes; a refused data stage's Failed state instead."""
     data_root, manifest = str(cfg.data.root), str(cfg.data.manifest)
+    if p.kind == "adapt":  # your own folders: indexed (and the labelled sample checked) instead of fetched
+        state = index_own(*p.own_paths()[:2], manifest, p.own_paths()[2], return_state=True)
+        if not state.is_completed():
+            return _refused(state)
+        return state.result()["domains"], {"manifest": manifest, "manifest_sha": state.result()["sha256"],
+                                           "weights_sha": _weights_identity(cfg)}
     counts = not cfg.data.allow_incomplete
     state = _prepare(fetch, p.refresh)(cfg.data.dataset, data_root, p.sources, p.toy, counts, return_state=True)
     if not state.is_completed():

@@ -26,7 +26,7 @@ class FlowParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: str = Field("full-benchmark", description='"full-benchmark" or "ablations".')
+    kind: str = Field("full-benchmark", description='"full-benchmark", "ablations" or "adapt" (your own data).')
     dataset: str | None = Field(None, description=(
         "toy, office_home, visda2017, domainnet, mini_domainnet, office31 or folder (default: the config's "
         "data.dataset, else toy). Its registry recipe is applied above the preset."))
@@ -61,6 +61,11 @@ class FlowParams(BaseModel):
     refresh: bool = Field(False, description=(
         "Ignore cached task results and stored runs and recompute (a finished training is re-read from its final "
         "checkpoint; delete its runs folder to train it again from scratch)."))
+    source_dir: str | None = Field(None, description=(
+        "adapt: your labelled source images, <class>/<image> folders (like `dapl adapt --source`)."))
+    target_dir: str | None = Field(None, description="adapt: your unlabelled target images, one flat folder.")
+    labelled_sample: str | None = Field(None, description=(
+        "adapt: a CSV path,label of a few target images; the report scores each method on them (flagged)."))
     allow_incomplete: bool = Field(False, description=(
         "Accept a deliberate subset of a registry dataset (fewer images per domain than the official release), "
         "keeping its recipe, metric and manifest name; as `dapl data index --allow-incomplete`."))
@@ -85,10 +90,29 @@ class FlowParams(BaseModel):
                              preset=self.preset, dataset=self.dataset, root=self.root, backbone=self.backbone,
                              weights=self.weights, epochs=self.epochs, allow_incomplete=self.allow_incomplete or None,
                              overrides=self.overrides, workdir=wd)
+        if self.kind == "adapt":
+            return self._adapt_request(cfg, wd)
         sweep = Sweep.parse(self.kind, seeds=self.seeds, methods=self.methods,
                             pairs=self.pairs or ([self.pair] if self.pair else None), settings=self.settings,
                             m1m2=self.m1m2, taus=self.taus, pseudo=self.pseudo)
         return FlowRequest(cfg, sweep, wd)
+
+    def own_paths(self) -> tuple[str, str, str | None]:
+        """adapt's folders and labelled sample, absolute (relative ones are under ``workdir``)."""
+        wd = Path(self.workdir or PROJECT_ROOT).expanduser().absolute()
+        paths = [str(_under(x, wd)) if x else None for x in (self.source_dir, self.target_dir, self.labelled_sample)]
+        return paths[0] or "", paths[1] or "", paths[2]
+
+    def _adapt_request(self, cfg: DaplConfig, wd: Path) -> FlowRequest:
+        """`dapl adapt`'s plan: your folders as the pair source->target, runs under runs/adapt/<digest>."""
+        from dapl.adapt_own import own_config, own_root, own_sweep
+
+        if not (self.source_dir and self.target_dir):
+            raise ValueError("kind adapt needs source_dir (class folders) and target_dir (a flat folder of images)")
+        src, tgt = _under(self.source_dir, wd), _under(self.target_dir, wd)
+        runs_dir = wd / "runs" / "adapt" / stable_name(str(src), str(tgt), cfg.digest())
+        own = own_config(cfg, runs_dir / "manifest.parquet", own_root(src, tgt))
+        return FlowRequest(own, own_sweep(tuple(self.seeds or (1,))), wd, runs_root=runs_dir)
 
 
 @dataclass(frozen=True)
@@ -96,14 +120,22 @@ class FlowRequest:
     config: DaplConfig
     sweep: Sweep
     workdir: Path
+    runs_root: Path | None = None  # adapt: its own folder (the manifest of your data lives there too)
 
     @property
     def runs_dir(self) -> Path:
-        return default_runs_dir(self.sweep.kind, self.config, self.workdir)
+        return self.runs_root or default_runs_dir(self.sweep.kind, self.config, self.workdir)
 
     def runs(self, domains: list[str]) -> list[Run]:
         """The flow's runs once the manifest has told which domains there are."""
         return plan_runs(self.sweep, self.config, domains, self.runs_dir)
+
+
+def stable_name(*parts: str) -> str:
+    """A short name that is the same for the same inputs (a folder per distinct adapt request)."""
+    import hashlib
+
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
 def _under(path: str, workdir: Path) -> Path:

@@ -92,7 +92,8 @@ def test_benchmark_runs_in_mlflow(env, benchmark):
     meta = json.loads(Path(c.download_artifacts(run.info.run_id, "prompts/prompts.json")).read_text())
     cfg = DaplConfig.model_validate(meta["config"])
     sweep = {"sweep.method": "dapl", "sweep.axis": "method", "sweep.label": "dapl", "sweep.setting": "unified_domain",
-             "sweep.m1": "2", "sweep.m2": "2", "sweep.tau": "0.5", "sweep.pair": "real->art", "sweep.seed": "1"}
+             "sweep.m1": "2", "sweep.m2": "2", "sweep.tau": "0.5", "sweep.refresh": "none",
+             "sweep.templates": "manual", "sweep.pair": "real->art", "sweep.seed": "1"}
     assert set(run.data.params) == set(cfg.flat()) | set(sweep)
     assert {k: run.data.params[k] for k in sweep} == sweep  # the axes, first-class for MLflow's charts
     assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["data.target"] == "['art']"
@@ -165,6 +166,32 @@ def test_ablations_parent_plots(env, benchmark):
     shared = rows.filter(pl.col("method").is_in(["setting:unified_domain", "tau:0.5"]))
     assert shared.height == 2 and shared["output_dir"].n_unique() == 1 and shared["accuracy"].n_unique() == 1
     assert rows.height == 9 and "tau:0.5" in res["table"] and "setting:unified_domain" in res["table"]
+
+
+def test_adapt_deployment_on_unlabelled_folders(env, benchmark):
+    """The adapt kind (deployment dapl/adapt): your class folders -> a flat folder, the same runs as `dapl adapt`,
+    the label-free report with the labelled sample's accuracy; a target with class folders is one clear failure."""
+    import shutil
+
+    from prefect.states import State
+
+    toy, flat = env["wd"] / "toy", env["wd"] / "flat_art"
+    flat.mkdir(exist_ok=True)
+    truth = {}
+    for f in sorted((toy / "art").rglob("*.png")):
+        shutil.copyfile(f, flat / f"{f.parent.name}-{f.name}")
+        truth[f"{f.parent.name}-{f.name}"] = f.parent.name
+    sample = env["wd"] / "sample.csv"
+    sample.write_text("path,label\n" + "".join(f"{n},{c}\n" for n, c in list(truth.items())[::3]))
+    res = _run(env, "adapt", dataset=None, root=None, toy=None, source_dir=str(toy / "real"), target_dir=str(flat),
+               labelled_sample=str(sample))
+    report = json.loads((Path(res["runs_dir"]) / "adapt_report.json").read_text())
+    assert [m["method"] for m in report["methods"]] == ["zero_shot", "source_only", "dapl"]
+    assert all(m["labelled_sample"]["n"] == len(list(truth)[::3]) for m in report["methods"])
+    assert "labelled-sample accuracy" in res["table"] and res["runs"] == 3
+    bad = _run(env, "adapt", dataset=None, root=None, toy=None, source_dir=str(toy / "real"),
+               target_dir=str(toy / "art"), return_state=True)
+    assert isinstance(bad, State) and bad.is_failed() and "flat folder" in bad.message
 
 
 def _children_named(client, result: dict) -> dict[str, str]:
