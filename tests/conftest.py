@@ -27,6 +27,27 @@ TINY_CONFIGS = {
                 "text_cfg": TINY_TEXT},
 }
 
+def tiny_params(tmp_path: Path, config_dir: Path, views: int = 2, **sections: dict) -> Path:
+    """A params.yaml for CLI tests: the tiny ViT (seeded weights saved beside it), 2+2 context vectors, 2 epochs
+    of batch 8, its own feature cache; ``sections`` add to or replace whole config sections (``data={...}``)."""
+    import yaml
+
+    from dapl.clip import load_clip
+    from dapl.config import ModelConfig
+
+    model_cfg = str(config_dir / "tiny-vit.json")
+    weights = tmp_path / "tiny.pt"
+    torch.manual_seed(0)
+    torch.save(load_clip(ModelConfig(name=model_cfg, pretrained=None, device="cpu")).model.state_dict(), weights)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"dapl": {
+        "model": {"name": model_cfg, "pretrained": str(weights), "device": "cpu"},
+        "prompt": {"m1": 2, "m2": 2},
+        "features": {"views": views, "cache_dir": str(tmp_path / "cache" / "features"), "num_workers": 0},
+        "train": {"epochs": 2, "batch_source": 8, "batch_target": 8}, **sections}}))
+    return params
+
+
 COLORS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 200, 20)]
 CLASSES = ["red_thing", "green_thing", "blue_thing", "yellow_thing"]
 

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
 from dapl.cli import main
-from dapl.clip import load_clip
-from dapl.config import ModelConfig
+from tests.conftest import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip", "timm", "prefect")
@@ -41,21 +39,11 @@ print(json.dumps({"codes": codes, "heavy": sorted(m for m in HEAVY if m in sys.m
 
 
 def test_cli_stages_on_a_folder_dataset(tmp_path, blob_world, tiny_config_dir, capsys):
-    model_cfg = str(tiny_config_dir / "tiny-vit.json")
-    weights = tmp_path / "tiny.pt"
-    torch.save(load_clip(ModelConfig(name=model_cfg, pretrained=None, device="cpu")).model.state_dict(), weights)
     manifest = tmp_path / "manifest.parquet"
     assert main(["data", "index", "folder", "--root", str(blob_world), "--out", str(manifest)]) == 0
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"dapl": {
-        "model": {"name": model_cfg, "pretrained": str(weights), "device": "cpu"},
-        "prompt": {"m1": 2, "m2": 2},
-        "features": {"views": 2, "cache_dir": str(tmp_path / "cache"), "num_workers": 0},
-        "train": {"epochs": 2, "batch_source": 8, "batch_target": 8},
-        "data": {"dataset": "folder", "root": str(blob_world), "manifest": str(manifest),
-                 "source": ["light"], "target": ["dark"]},
-        "output_dir": str(tmp_path / "run"),
-    }}))
+    params = tiny_params(tmp_path, tiny_config_dir, data={
+        "dataset": "folder", "root": str(blob_world), "manifest": str(manifest), "source": ["light"],
+        "target": ["dark"]}, output_dir=str(tmp_path / "run"))
     c = ["-c", str(params)]
     assert main(["zero-shot", *c, "--out", str(tmp_path / "zs.json")]) == 0
     assert "coverage" in json.loads((tmp_path / "zs.json").read_text())

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
-import yaml
 
 from dapl.cli import main
-from dapl.clip import load_clip
-from dapl.config import ModelConfig
 from dapl.errors import UserError
 from dapl.own_data import index_own_data, read_labelled_sample
+from tests.conftest import tiny_params
 
 
 def _flat_target(blob_world: Path, out: Path) -> dict[str, str]:
@@ -68,25 +65,12 @@ def test_bad_own_data_is_one_clear_error(tmp_path, blob_world):
         read_labelled_sample(_sample_csv(tmp_path / "b.csv", [(first, "purple")]), m, tmp_path / "target")
 
 
-def _params(tmp_path: Path, tiny_config_dir: Path) -> Path:
-    model_cfg = str(tiny_config_dir / "tiny-vit.json")
-    weights = tmp_path / "tiny.pt"
-    torch.save(load_clip(ModelConfig(name=model_cfg, pretrained=None, device="cpu")).model.state_dict(), weights)
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"dapl": {
-        "model": {"name": model_cfg, "pretrained": str(weights), "device": "cpu"},
-        "prompt": {"m1": 2, "m2": 2},
-        "features": {"views": 2, "cache_dir": str(tmp_path / "cache"), "num_workers": 0},
-        "train": {"epochs": 2, "batch_source": 8, "batch_target": 8}}}))
-    return params
-
-
 def test_adapt_reports_without_labels_and_scores_a_sample(tmp_path, blob_world, tiny_config_dir, capsys):
     truth = _flat_target(blob_world, tmp_path / "target")
     rows = list(truth.items())[::4]
     sample = _sample_csv(tmp_path / "sample.csv", rows)
     out = tmp_path / "adapt"
-    args = ["adapt", "-c", str(_params(tmp_path, tiny_config_dir)), "--source", str(blob_world / "light"),
+    args = ["adapt", "-c", str(tiny_params(tmp_path, tiny_config_dir)), "--source", str(blob_world / "light"),
             "--target", str(tmp_path / "target"), "--out", str(out), "--quiet"]
     assert main([*args, "--labelled-sample", str(sample)]) == 0
     report = json.loads((out / "adapt_report.json").read_text())

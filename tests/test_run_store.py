@@ -9,13 +9,11 @@ from types import SimpleNamespace
 
 import polars as pl
 import pytest
-import torch
-import yaml
 
 from dapl import run_store
 from dapl.cli import main
-from dapl.clip import load_clip
-from dapl.config import DaplConfig, ModelConfig
+from dapl.config import DaplConfig
+from tests.conftest import tiny_params
 
 
 def _task(*fingerprints: str | None) -> SimpleNamespace:
@@ -66,22 +64,11 @@ def test_store_copies_a_finished_run_whole_and_never_links(tmp_path):
 
 @pytest.fixture()
 def folder_params(tmp_path, blob_world, tiny_config_dir) -> Path:
-    model_cfg = str(tiny_config_dir / "tiny-vit.json")
-    weights = tmp_path / "tiny.pt"
-    torch.manual_seed(0)
-    torch.save(load_clip(ModelConfig(name=model_cfg, pretrained=None, device="cpu")).model.state_dict(), weights)
     manifest = tmp_path / "manifest.parquet"
     assert main(["data", "index", "folder", "--root", str(blob_world), "--out", str(manifest)]) == 0
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"dapl": {
-        "model": {"name": model_cfg, "pretrained": str(weights), "device": "cpu"},
-        "prompt": {"m1": 2, "m2": 2},
-        "features": {"views": 1, "cache_dir": str(tmp_path / "cache" / "features"), "num_workers": 0},
-        "train": {"epochs": 2, "batch_source": 8, "batch_target": 8},
-        "data": {"dataset": "folder", "root": str(blob_world), "manifest": str(manifest),
-                 "source": ["light"], "target": ["dark"]},
-    }}))
-    return params
+    return tiny_params(tmp_path, tiny_config_dir, views=1, data={
+        "dataset": "folder", "root": str(blob_world), "manifest": str(manifest), "source": ["light"],
+        "target": ["dark"]})
 
 
 def test_identical_runs_train_once_across_commands(tmp_path, folder_params, monkeypatch):
