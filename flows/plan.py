@@ -61,6 +61,9 @@ class FlowParams(BaseModel):
     refresh: bool = Field(False, description=(
         "Ignore cached task results and stored runs and recompute (a finished training is re-read from its final "
         "checkpoint; delete its runs folder to train it again from scratch)."))
+    register_models: bool = Field(False, description=(
+        "Register each trained run's prompts as an MLflow model dapl-<dataset>-<source>-<target>-<method> (a new "
+        "version per run, alias champion on the latest; runs taken from the task cache are not registered)."))
     allow_incomplete: bool = Field(False, description=(
         "Accept a deliberate subset of a registry dataset (fewer images per domain than the official release), "
         "keeping its recipe, metric and manifest name; as `dapl data index --allow-incomplete`."))

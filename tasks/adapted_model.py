@@ -119,6 +119,15 @@ def log_adapted_model(tracking_uri: str, run_id: str, prompt_dir: str | Path, re
     return AdaptedModelRef(info.model_uri, register_name, version, alias or None)
 
 
+def register_trained_run(uri: str, run_id: str, out_dir: str | Path, dataset: str, spec) -> bool:
+    """The flow's ``register_models``: a finished run's prompts registered as :func:`model_name` says (best
+    effort, like every MLflow call of a run); a run without learned prompts (the manual prompt) is skipped."""
+    if not (Path(out_dir) / PROMPTS).is_file():
+        return False
+    name = model_name(dataset, spec.source, spec.target, spec.label)
+    return tracking.best_effort(f"register {name}", log_adapted_model, uri, run_id, out_dir, name)
+
+
 def register_run_folder(run_dir: str | Path, name: str, alias: str | None = DEFAULT_ALIAS,
                         tracking_uri: str | None = None, experiment: str = "dapl",
                         domain: str | None = None) -> AdaptedModelRef:
