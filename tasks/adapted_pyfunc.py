@@ -12,7 +12,6 @@ import binascii
 
 import mlflow
 import pandas as pd
-import polars as pl
 from mlflow.pyfunc import PythonModel
 from PIL import Image
 
@@ -63,9 +62,9 @@ class AdaptedPyfunc(PythonModel):
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         top_k = int((params or {}).get("top_k") or self.top_k)
         table = prediction_rows(self.clf.predict_decoded(decode_inputs(frame)), self.clf.classnames, top_k)
-        # text columns as objects: a missing class or error is None (JSON null), not pandas' NaN
-        return pd.DataFrame({c: pd.Series(table[c].to_list(), dtype=object if t == pl.String else "float64")
-                             for c, t in table.schema.items()})
+        # columns of Python objects: an unreadable row's class and probabilities are None (JSON null in a served
+        # answer; pandas would make them NaN, which is not JSON)
+        return pd.DataFrame({c: pd.Series(table[c].to_list(), dtype=object) for c in table.columns})
 
 
 mlflow.models.set_model(AdaptedPyfunc())

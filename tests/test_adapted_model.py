@@ -157,8 +157,8 @@ def test_registered_model_by_alias_predicts_as_the_prompts(tiny_run, store, imag
     by_image = model.predict(pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in images]}))
     for out in (by_path, by_image):
         assert out["class"].tolist()[:-1] == expected["class"].to_list()[:-1]
-        assert_close(out["probability"].to_numpy()[:-1], expected["probability"].to_numpy()[:-1], rtol=0, atol=1e-5)
-        assert out["error"].tolist()[-1] == "unknown format or corrupt data"
+        assert_close(out["probability"].tolist()[:-1], expected["probability"].to_list()[:-1], rtol=0, atol=1e-5)
+        assert out["error"].tolist()[-1] == "unknown format or corrupt data" and out["probability"].tolist()[-1] is None
 
 
 def test_model_uri_that_does_not_exist_is_one_line(store, images, monkeypatch, capsys):
@@ -184,6 +184,8 @@ def test_model_refuses_other_clip_weights(tiny_run, store, images, tmp_path, mon
     assert main(["predict", "--model", "models:/dapl-swapped@champion", str(images[0])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "these prompts were learned on CLIP file:" in err[0] and "swapped.pt" in err[0]
+    assert main(["predict", "--prompts", str(other), str(images[0])]) == 2  # the run folder itself: the same check
+    assert "these prompts were learned on CLIP file:" in capsys.readouterr().err
 
 
 def _free_port() -> int:
@@ -239,6 +241,7 @@ def test_served_model_answers_as_dapl_predict(tiny_run, store, images, tmp_path,
             for c in ("probability", "top1_probability", "top2_probability", "top3_probability"):
                 assert_close([r[c] for r in rows[:-1]], expected[c].to_numpy()[:-1], rtol=0, atol=1e-5)
             assert rows[-1]["error"] == "unknown format or corrupt data" and rows[-1]["class"] is None
+            assert rows[-1]["probability"] is None and rows[-1]["top3_probability"] is None  # null, not NaN
             assert all(r["error"] is None for r in rows[:-1])
     finally:
         with contextlib.suppress(ProcessLookupError):
