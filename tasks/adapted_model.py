@@ -104,7 +104,8 @@ def log_adapted_model(tracking_uri: str, run_id: str, prompt_dir: str | Path, re
             info = Model.log(artifact_path=None, name="adapted_classifier", flavor=mlflow.pyfunc, run_id=run_id,
                              python_model=str(PYFUNC_CODE), artifacts={ARTIFACT: str(staged)},
                              signature=model_signature(len(meta["classnames"])), metadata={"dapl": meta},
-                             model_config={"domain": meta["domain"], "device": "", "top_k": DEFAULT_TOP_K},
+                             model_config={"serving.domain": meta["domain"], "serving.device": "",
+                                           "serving.top_k": DEFAULT_TOP_K},  # also the run's params: prefixed
                              pip_requirements=_requirements(), registered_model_name=register_name,
                              await_registration_for=60)
     if not register_name:
@@ -158,7 +159,7 @@ def load_adapted_model(model_uri: str, tracking_uri: str | None = None, device: 
     uri = tracking.resolve_uri(tracking_uri)
     mlflow.set_tracking_uri(uri)
     try:
-        return mlflow.pyfunc.load_model(model_uri, model_config={"device": device} if device else None)
+        return mlflow.pyfunc.load_model(model_uri, model_config={"serving.device": device} if device else None)
     except (MlflowException, OSError) as e:
         msg = " ".join(str(getattr(e, "message", e)).split())[:300]
         raise UserError(f"--model {model_uri}: cannot be loaded from {uri} ({msg}); register a run folder with "

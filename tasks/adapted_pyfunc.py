@@ -54,9 +54,9 @@ class AdaptedPyfunc(PythonModel):
         """Rebuilds the CLIP of the prompts' config; it must be the one they were learned on (checked by
         :meth:`AdaptedClassifier.load`: a different weights file at that path is a one-line error)."""
         cfg = context.model_config or {}
-        self.top_k = int(cfg.get("top_k") or 3)
-        self.clf = AdaptedClassifier.load(context.artifacts["prompts"], domain=cfg.get("domain") or None,
-                                          device=cfg.get("device") or None)
+        self.top_k = int(cfg.get("serving.top_k") or 3)
+        self.clf = AdaptedClassifier.load(context.artifacts["prompts"], domain=cfg.get("serving.domain") or None,
+                                          device=cfg.get("serving.device") or None)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)

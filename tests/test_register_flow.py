@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ def test_flow_registers_each_trained_run(env):  # noqa: F811
     from mlflow import MlflowClient
 
     from dapl.artifacts import AdaptedClassifier
+    from dapl.config import DaplConfig
     from tasks.adapted_model import load_adapted_model
 
     res = _run(env, "full-benchmark", pairs=["real->art"], methods=["zero_shot", "dapl"], register_models=True,
@@ -30,6 +32,10 @@ def test_flow_registers_each_trained_run(env):  # noqa: F811
     run = client.get_run(version.run_id)
     assert run.data.tags["mlflow.parentRunId"] == res["parent_run_id"] and run.data.tags["method"] == "dapl"
     run_dir = Path(version.tags["dapl.run_dir"])
+    cfg = DaplConfig.model_validate(json.loads((run_dir / "prompts.json").read_text())["config"])
+    serving = {k for k in run.data.params if k.startswith("serving.")}
+    assert serving == {"serving.domain", "serving.device", "serving.top_k"}  # the model's, apart from the config
+    assert set(run.data.params) - serving - {k for k in run.data.params if k.startswith("sweep.")} == set(cfg.flat())
     image = next((Path(env["wd"]) / "toy" / "art").rglob("*.png"))
     import pandas as pd
 
