@@ -211,15 +211,26 @@ def _prompts_classifier(a: argparse.Namespace):
     return lambda files: prediction_rows(clf.predict_files(files), clf.classnames, a.top_k)
 
 
+def _adapted_model():
+    """:mod:`tasks.adapted_model` (MLflow), imported only by the commands that need it."""
+    from dapl.errors import UserError
+
+    try:
+        import tasks.adapted_model as module
+    except ModuleNotFoundError as e:
+        raise UserError(f"this command needs the pipeline extra ({e.name} is not installed): "
+                        "pip install -e '.[pipeline]'") from None
+    return module
+
+
 def _model_classifier(a: argparse.Namespace):
     """``dapl predict --model``: the same rows through the MLflow pyfunc model (needs the pipeline extra)."""
     from dapl.errors import UserError
 
     if a.domain:
         raise UserError("--domain goes with --prompts; a registered model classifies with the domain it records")
-    from tasks.adapted_model import classify_with, load_adapted_model
-
-    return classify_with(load_adapted_model(a.model, device=a.device), a.top_k)
+    am = _adapted_model()
+    return am.classify_with(am.load_adapted_model(a.model, device=a.device), a.top_k)
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -261,9 +272,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def cmd_register(a: argparse.Namespace) -> int:
     """``dapl register RUN --name NAME``: the run folder's prompts as a registered MLflow model, alias set."""
-    from tasks.adapted_model import register_run_folder
-
-    ref = register_run_folder(a.run_dir, a.name, alias=a.alias or None, experiment=a.experiment, domain=a.domain)
+    ref = _adapted_model().register_run_folder(a.run_dir, a.name, alias=a.alias or None, experiment=a.experiment,
+                                               domain=a.domain)
     print(f"registered {ref.name} version {ref.version}" + (f", alias {ref.alias}" if ref.alias else ""))
     print(f"load it with: dapl predict --model {ref.registry_uri} IMAGES...")
     return 0
