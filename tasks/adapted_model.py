@@ -60,7 +60,7 @@ def model_metadata(prompt_dir: str | Path, domain: str | None = None) -> dict:
     if domain not in domains:
         raise UserError(f"--domain {domain}: the prompts in {prompt_dir} have domains {domains}")
     return {"model_identity": meta.get("model_identity", ""), "classnames": list(meta["classnames"]),
-            "domain": domain, "domains": domains, "config": meta["config"], "run_dir": str(Path(prompt_dir))}
+            "domain": domain, "domains": domains, "config": meta["config"], "run_dir": str(Path(prompt_dir).absolute())}
 
 
 def model_signature(n_classes: int, top_k: int = DEFAULT_TOP_K):
@@ -97,8 +97,11 @@ def log_adapted_model(tracking_uri: str, run_id: str, prompt_dir: str | Path, re
         staged = Path(tmp) / ARTIFACT
         staged.mkdir()
         for f in (PROMPTS, PROMPTS_META):
-            if (Path(prompt_dir) / f).is_file():
-                shutil.copyfile(Path(prompt_dir) / f, staged / f)
+            src = Path(prompt_dir) / f
+            if src.is_symlink():
+                raise UserError(f"{src}: is a link; register a run folder whose prompt files are its own")
+            if src.is_file():
+                shutil.copyfile(src, staged / f)
         with warnings.catch_warnings():  # an input example would load the CLIP at every log, to check it
             warnings.filterwarnings("ignore", message=".*input example was not provided")
             info = Model.log(artifact_path=None, name="adapted_classifier", flavor=mlflow.pyfunc, run_id=run_id,
