@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,11 @@ def _unreadable_reason(path: Path, e: BaseException) -> str:
         return "a folder, not a file"
     if path.is_file() and path.stat().st_size == 0:
         return "empty file"
+    return _decode_reason(e)
+
+
+def _decode_reason(e: BaseException) -> str:
+    """Why PIL could not decode bytes it was given, on one line."""
     if isinstance(e, UnidentifiedImageError):
         return "unknown format or corrupt data"
     return " ".join(str(e).split()) or type(e).__name__
@@ -53,6 +59,19 @@ def read_image(path: str | Path) -> Image.Image:
             return to_rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(path, _unreadable_reason(Path(path), e)) from None
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Image bytes (an upload, a served request) decoded as :func:`read_image` decodes a file; ``name`` says which
+    item in the :class:`UnreadableImageError` of bytes that are not an image."""
+    if not data:
+        raise UnreadableImageError(name, "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return to_rgb(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImageError(name, _decode_reason(e)) from None
 
 
 def save_prompts(out_dir: str | Path, learner: PromptLearner, cfg: DaplConfig, model_identity: str,
@@ -162,6 +181,11 @@ class AdaptedClassifier:
         cfg = DaplConfig.model_validate(meta["config"])
         mcfg = cfg.model.model_copy(update={**(model_overrides or {}), **({"device": device} if device else {})})
         bundle = load_clip(mcfg)
+        trained_on = meta.get("model_identity")
+        if trained_on and trained_on != bundle.identity:
+            raise UserError(f"{prompt_dir}: these prompts were learned on CLIP {trained_on}, but "
+                            f"model.pretrained={mcfg.pretrained} here is {bundle.identity}; put the weights they "
+                            "were trained with at that path")
         return cls(bundle, load_model(prompt_dir, bundle, meta), domain)
 
     @property
@@ -192,10 +216,14 @@ class AdaptedClassifier:
                     chunk.append(read_image(p))
                 except UnreadableImageError as e:
                     chunk.append(e)
-            good = [im for im in chunk if isinstance(im, Image.Image)]
-            rows = iter(self.predict_proba(good, batch_size))
-            out += [im if isinstance(im, UnreadableImageError) else next(rows) for im in chunk]
+            out += self.predict_decoded(chunk, batch_size)
         return out
+
+    def predict_decoded(self, items: Sequence[Image.Image | UnreadableImageError], batch_size: int = 64
+                        ) -> list[np.ndarray | UnreadableImageError]:
+        """Per item its class probabilities; an item that failed to decode stays its error, in place."""
+        rows = iter(self.predict_proba([im for im in items if isinstance(im, Image.Image)], batch_size))
+        return [im if isinstance(im, UnreadableImageError) else next(rows) for im in items]
 
     def predict(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64) -> list[str]:
         p = self.predict_proba(images, batch_size)

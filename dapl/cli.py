@@ -212,10 +212,10 @@ def cmd_adapt(a: argparse.Namespace) -> int:
     print(format_report(report))
     for line in run_warnings(rows):
         print(line, file=sys.stderr)
-    if a.register:
-        from tasks.adapted_model import register_prompts  # MLflow: only when asked to register
-
-        print(register_prompts(report["exported"], a.register))
+    if a.register:  # MLflow: imported only when asked to register
+        ref = _adapted_model().register_run_folder(report["exported"], a.register)
+        print(f"registered {ref.name} version {ref.version}, alias {ref.alias}: dapl predict --model "
+              f"{ref.registry_uri} IMAGES... (or mlflow models serve -m {ref.registry_uri} --env-manager local)")
     print(f"report in {files[1]} (and {files[0].name}); runs in {out / 'runs'}")
     return 0
 
@@ -234,28 +234,80 @@ def _predict_files(args: list[str]) -> list[Path]:
     return out
 
 
+def _prompts_classifier(a: argparse.Namespace):
+    """``dapl predict --prompts``: a chunk of files -> the prediction table's rows, from the run folder."""
+    from dapl.artifacts import AdaptedClassifier
+    from dapl.predictions import prediction_rows
+
+    clf = AdaptedClassifier.load(a.prompts, domain=a.domain, device=a.device)
+    return lambda files: prediction_rows(clf.predict_files(files), clf.classnames, a.top_k)
+
+
+def _adapted_model():
+    """:mod:`tasks.adapted_model` (MLflow), imported only by the commands that need it."""
+    from dapl.errors import UserError
+
+    try:
+        import tasks.adapted_model as module
+    except ModuleNotFoundError as e:
+        raise UserError(f"this command needs the pipeline extra ({e.name} is not installed): "
+                        "pip install -e '.[pipeline]'") from None
+    return module
+
+
+def _model_classifier(a: argparse.Namespace):
+    """``dapl predict --model``: the same rows through the MLflow pyfunc model (needs the pipeline extra)."""
+    from dapl.errors import UserError
+
+    if a.domain:
+        raise UserError("--domain goes with --prompts; a registered model classifies with the domain it records")
+    am = _adapted_model()
+    return am.classify_with(am.load_adapted_model(a.model, device=a.device), a.top_k)
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     """One line per file: ``path<TAB>class<TAB>probability``, or ``path<TAB>(error)<TAB>reason`` plus a
-    warning on stderr for a file that is not a readable image; fails only when no file could be read."""
+    warning on stderr for a file that is not a readable image (``--out``: the table, CSV or parquet, instead of the
+    lines); fails only when no file could be read."""
+    import polars as pl
+
     from dapl.errors import UserError
+    from dapl.predictions import check_table_path, check_top_k, predict_table, write_table
 
     files = _predict_files(a.images)
     if not files:
         raise UserError(f"no files in {', '.join(a.images)}: give image files or folders holding them")
-    from dapl.artifacts import AdaptedClassifier
+    check_top_k(a.top_k)
+    if a.out:
+        check_table_path(a.out)  # before any image is classified
+    classify = _model_classifier(a) if a.model else _prompts_classifier(a)
+    # the lines on stdout are the progress of a plain run; a terminal still gets the bar
+    table = predict_table(classify, files, batch_size=a.batch_size,
+                          progress="auto" if a.out or sys.stderr.isatty() else "off")
+    failed = table.filter(pl.col("error").is_not_null())
+    for path, reason in failed.select("path", "error").iter_rows():
+        if not a.out:
+            print(f"{path}\t(error)\t{reason}")
+        print(f"dapl predict: warning: {path}: not a readable image ({reason}); skipped", file=sys.stderr)
+    if a.out:
+        write_table(table, a.out)
+        print(f"{table.height} row(s) written to {a.out}", file=sys.stderr)
+    else:
+        for path, cls, prob in table.filter(pl.col("error").is_null()).select("path", "class", "probability").rows():
+            print(f"{path}\t{cls}\t{prob:.3f}")
+    if failed.height == len(files):
+        first = failed.row(0, named=True)
+        raise UserError(f"none of the {len(files)} file(s) is a readable image (first: {first['path']}: not a "
+                        f"readable image ({first['error']}))")
+    return 0
 
-    clf = AdaptedClassifier.load(a.prompts, domain=a.domain, device=a.device)
-    failed = []
-    for f, res in zip(files, clf.predict_files(files), strict=True):
-        if isinstance(res, Exception):
-            failed.append(res)
-            print(f"{f}\t(error)\t{res.reason}")
-            print(f"dapl predict: warning: {res}; skipped", file=sys.stderr)
-            continue
-        k = int(res.argmax())
-        print(f"{f}\t{clf.classnames[k]}\t{res[k]:.3f}")
-    if len(failed) == len(files):
-        raise UserError(f"none of the {len(files)} file(s) is a readable image (first: {failed[0]})")
+
+def cmd_register(a: argparse.Namespace) -> int:
+    """``dapl register RUN --name NAME``: the run folder's prompts as a registered MLflow model, alias set."""
+    ref = _adapted_model().register_run_folder(a.run_dir, a.name, alias=a.alias or None, experiment=a.experiment,
+                                               domain=a.domain)
+    print(f"registered {ref.name} version {ref.version}" + (f", alias {ref.alias}" if ref.alias else ""))
+    print(f"load it with: dapl predict --model {ref.registry_uri} IMAGES...")
     return 0
 
 
@@ -375,12 +427,27 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_predict_command(sub: argparse._SubParsersAction) -> None:
+    """``dapl predict`` (a run folder or a registered model) and ``dapl register`` (a run folder into MLflow)."""
     pr = sub.add_parser("predict", help="classify images with learned prompts")
-    pr.add_argument("--prompts", required=True, help="a run folder (prompts.safetensors + prompts.json)")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", help="a run folder (prompts.safetensors + prompts.json)")
+    src.add_argument("--model", help="an MLflow model: models:/NAME@champion, models:/NAME/VERSION, runs:/..., a "
+                     "folder (store: $MLFLOW_TRACKING_URI, else the project's mlflow.db)")
     pr.add_argument("--domain", help="whose prompts classify (default: the last target domain)")
     pr.add_argument("--device")
+    pr.add_argument("--out", help="write the table here (.csv or .parquet) instead of printing lines")
+    pr.add_argument("--top-k", type=int, default=3, help="top classes per image in the table (default 3)")
+    pr.add_argument("--batch-size", type=int, default=256, help="images classified at a time (default 256)")
     pr.add_argument("images", nargs="+", help="image files or folders")
     pr.set_defaults(fn=cmd_predict)
+    rg = sub.add_parser("register", help="register a run folder's prompts as an MLflow model (needs the pipeline "
+                        "extra)")
+    rg.add_argument("run_dir", help="a run folder written by `dapl train`")
+    rg.add_argument("--name", required=True, help="registered model name, e.g. dapl-toy-real-art-dapl")
+    rg.add_argument("--alias", default="champion", help="alias pointed at the new version ('' for none)")
+    rg.add_argument("--domain", help="whose prompts classify (default: the last target domain)")
+    rg.add_argument("--experiment", default="dapl", help="MLflow experiment of the run that logs it")
+    rg.set_defaults(fn=cmd_register)
 
 
 def _add_toy_commands(sub: argparse._SubParsersAction) -> None:

@@ -200,7 +200,8 @@ def _start_parent(p: FlowParams, req: FlowRequest, runs: list[Run], uri: str, ex
                                       "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
                                       "flow.taus": list(sweep.taus), "flow.pseudo": list(sweep.pseudo),
                                       "flow.runs": len(runs)})
-    return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags}
+    return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags,
+            "register_models": p.register_models}
 
 
 class Done(NamedTuple):

@@ -66,6 +66,9 @@ class FlowParams(BaseModel):
     target_dir: str | None = Field(None, description="adapt: your unlabelled target images, one flat folder.")
     labelled_sample: str | None = Field(None, description=(
         "adapt: a CSV path,label of a few target images; the report scores each method on them (flagged)."))
+    register_models: bool = Field(False, description=(
+        "Register each trained run's prompts as an MLflow model dapl-<dataset>-<source>-<target>-<method> (a new "
+        "version per run, alias champion on the latest; runs taken from the task cache are not registered)."))
     allow_incomplete: bool = Field(False, description=(
         "Accept a deliberate subset of a registry dataset (fewer images per domain than the official release), "
         "keeping its recipe, metric and manifest name; as `dapl data index --allow-incomplete`."))

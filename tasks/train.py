@@ -97,6 +97,10 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
             if row.get("reused_from"):
                 rl.call("tag reused", tracking.set_tags, uri, run_id, {"reused_from": row["reused_from"]})
             rl.call("log training files", log_training_files, uri, run_id, Path(run_cfg.output_dir), logged)
+            if track.get("register_models") and not rl.lost:
+                from tasks.adapted_model import register_trained_run  # torch: only when asked
+
+                register_trained_run(uri, run_id, run_cfg.output_dir, run_cfg.data.dataset, rs)
             rl.call("end run", tracking.end_run, uri, run_id, "FINISHED")
     except BaseException:
         if rl:

@@ -65,14 +65,16 @@ def test_bad_own_data_is_one_clear_error(tmp_path, blob_world):
         read_labelled_sample(_sample_csv(tmp_path / "b.csv", [(first, "purple")]), m, tmp_path / "target")
 
 
-def test_adapt_reports_without_labels_and_scores_a_sample(tmp_path, blob_world, tiny_config_dir, capsys):
+def test_adapt_reports_without_labels_and_scores_a_sample(tmp_path, blob_world, tiny_config_dir, capsys,
+                                                         monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     truth = _flat_target(blob_world, tmp_path / "target")
     rows = list(truth.items())[::4]
     sample = _sample_csv(tmp_path / "sample.csv", rows)
     out = tmp_path / "adapt"
     args = ["adapt", "-c", str(tiny_params(tmp_path, tiny_config_dir)), "--source", str(blob_world / "light"),
             "--target", str(tmp_path / "target"), "--out", str(out), "--quiet"]
-    assert main([*args, "--labelled-sample", str(sample)]) == 0
+    assert main([*args, "--labelled-sample", str(sample), "--register", "own-dapl"]) == 0
     report = json.loads((out / "adapt_report.json").read_text())
     assert [m["method"] for m in report["methods"]] == ["zero_shot", "source_only", "dapl"]
     for m in report["methods"]:
@@ -88,6 +90,11 @@ def test_adapt_reports_without_labels_and_scores_a_sample(tmp_path, blob_world, 
     names = json.loads((Path(report["exported"]) / "prompts.json").read_text())["classnames"]
     right = sum(cls == names[sorted(set(truth.values())).index(truth[Path(p).name])] for p, cls, _ in lines)
     assert abs(100 * right / len(rows) - dapl["labelled_sample"]["accuracy"]) < 1e-6
+    # registered: the model by its alias classifies as the exported prompts do
+    images = [str(tmp_path / "target" / p) for p, _ in rows]
+    assert main(["predict", "--model", "models:/own-dapl@champion", *images]) == 0
+    by_model = [ln.split("\t")[:2] for ln in capsys.readouterr().out.strip().splitlines()[-len(rows):]]
+    assert by_model == [ln[:2] for ln in lines]
     assert "labelled-sample accuracy" in (out / "adapt_report.md").read_text()
     # bad input: one line, exit 2, nothing lost
     assert main([*args, "--labelled-sample", str(_sample_csv(tmp_path / "bad.csv", [("gone.png", "red")]))]) == 2
