@@ -244,7 +244,7 @@ def _summarise(req: FlowRequest, runs: list[Run], done: Done, track: dict, swept
     if replayed:
         get_run_logger().info("logged %d run(s) whose MLflow tracking had been lost, from their files",
                               len(replayed))
-    summary = summarise(req.sweep.kind, rows, done.zero_shots, str(rdir), track)
+    summary = summarise(req.sweep.kind, rows, done.zero_shots, str(rdir), track, format_recipe(req.config))
     tracking.best_effort("parent tags", tracking.set_tags, uri, track["parent_run_id"], {
         "runs_failed": len(failed), "orphans_marked_failed": swept, "runs_untracked": len(untracked)})
     if failed:
