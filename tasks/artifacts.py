@@ -10,8 +10,6 @@ import logging
 import re
 from pathlib import Path
 
-import polars as pl
-
 from tasks import mlflow_links
 
 
@@ -27,13 +25,13 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 
 
 def artifact_key(kind: str, what: str = "results") -> str:
-    """Prefect keys allow lowercase letters, digits and dashes: ``dapl-full-benchmark-results``."""
+    """Prefect keys allow lowercase letters, digits and dashes: ``dapl-benchmark-results``."""
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", f"dapl-{kind}-{what}".lower())).strip("-")
 
 
-def table_rows(table: pl.DataFrame, digits: int = 1) -> list[dict]:
+def table_rows(table: list[dict], digits: int = 1) -> list[dict]:
     """The results table (methods × pairs, ``avg``) as artifact rows, accuracies rounded as in the markdown."""
-    return table.with_columns(pl.selectors.numeric().round(digits)).to_dicts()
+    return [{k: round(v, digits) if isinstance(v, float) else v for k, v in row.items()} for row in table]
 
 
 def mlflow_section(track: dict | None, rows: list[dict]) -> list[str]:
@@ -67,20 +65,20 @@ def results_markdown(kind: str, recipe_line: str, markdown: str, track: dict | N
     return "\n".join(parts)
 
 
-def publish(kind: str, recipe_line: str, markdown: str, table: pl.DataFrame, track: dict | None, rows: list[dict],
-            files: dict[str, str], plots: list[str]) -> bool:
-    """Both artifacts under ``artifact_key(kind)`` (the flow run's Artifacts tab; the key's latest version in
-    Prefect's Artifacts page). False, with one warning line, when Prefect refused them."""
+def publish(kind: str, recipe_line: str, summary: dict, track: dict | None, rows: list[dict]) -> bool:
+    """Both artifacts of :func:`tasks.summary.summarise`'s ``summary``, on the flow run (call it from the flow, not
+    a task: the Artifacts tab lists a task's artifacts apart). False, with one warning line, if Prefect refused."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    files, plots = summary.get("files", {}), summary.get("plots", [])
     try:
-        create_table_artifact(table_rows(table), key=artifact_key(kind), description=f"dapl {kind}: target "
-                              f"accuracy %, one row per method, mean over seeds. {recipe_line}")
-        create_markdown_artifact(results_markdown(kind, recipe_line, markdown, track, rows, files, plots),
+        create_table_artifact(table_rows(summary["table"]), key=artifact_key(kind), description=f"dapl {kind}: "
+                              f"target accuracy %, one row per method, mean over seeds. {recipe_line}")
+        create_markdown_artifact(results_markdown(kind, recipe_line, summary["markdown"], track, rows, files, plots),
                                  key=artifact_key(kind, "report"), description=f"dapl {kind}: results, recipe, "
                                  "MLflow runs, plots")
         return True
     except Exception as e:  # noqa: BLE001 - an API error, a refused key: the results are on disk and in MLflow
         _logger().warning("Prefect artifacts not published (%s: %s); the results are in %s", type(e).__name__, e,
-                    Path(next(iter(files.values()), ".")).parent)
+                          Path(next(iter(files.values()), ".")).parent)
         return False

@@ -11,16 +11,14 @@ from prefect.logging import get_run_logger
 
 from dapl import plots
 from dapl.sweep import write_tables
-from tasks import artifacts, tracking
+from tasks import tracking
 
 EXTRA_COLUMNS = ("run_id", "resumed_from_epoch", "flow_run_id")
 
 
 @task(name="summarise", cache_policy=NO_CACHE, persist_result=False)
-def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str, track: dict | None = None,
-              recipe_line: str = "") -> dict:
-    """Write ``<kind>_table.{md,csv}``, ``<kind>_runs.csv``, ``<kind>_seeds.csv``, pseudo-label stats and PNGs;
-    publish the table and a report (``recipe_line`` first) as the flow run's Prefect artifacts."""
+def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str, track: dict | None = None) -> dict:
+    """Write ``<kind>_table.{md,csv}``, ``<kind>_runs.csv``, ``<kind>_seeds.csv``, pseudo-label stats and PNGs."""
     out = Path(out_dir)
     md, files, df, table = write_tables(rows, out, kind, EXTRA_COLUMNS)
     if zero_shots:
@@ -42,6 +40,5 @@ def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str,
 
         tracking.best_effort("log summary", log_summary)
     get_run_logger().info("%s results (%d runs):\n%s", kind, len(rows), md)
-    result = {"markdown": md, "files": {k: str(v) for k, v in files.items()}, "plots": [str(p) for p in pngs]}
-    artifacts.publish(kind, recipe_line, md, table, track, rows, result["files"], result["plots"])
-    return result
+    return {"markdown": md, "files": {k: str(v) for k, v in files.items()}, "plots": [str(p) for p in pngs],
+            "table": table.to_dicts()}

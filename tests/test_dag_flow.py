@@ -234,6 +234,7 @@ def test_flow_run_publishes_results_artifacts(env, benchmark):
             flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
     by_key = {a.key: a for a in arts}
     assert set(by_key) == {"dapl-benchmark-results", "dapl-benchmark-report"}
+    assert all(a.task_run_id is None for a in arts)  # the flow run's own (its tab lists task runs' apart)
     table = by_key["dapl-benchmark-results"]
     assert table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import polars as pl
 import pytest
 
 pytest.importorskip("prefect")
 
 from tasks import artifacts, mlflow_links  # noqa: E402
 
-TABLE = pl.DataFrame({"method": ["zero_shot", "dapl"], "real->art": [57.21, 65.26], "avg": [57.21, 65.26]})
+TABLE = [{"method": "zero_shot", "real->art": 57.21, "avg": 57.21},
+         {"method": "dapl", "real->art": 65.26, "avg": 65.26}]
 ROWS = [{"pair": "real->art", "method": "zero_shot", "seed": 1, "run_id": "aaa"},
         {"pair": "real->art", "method": "dapl", "seed": 1, "run_id": "bbb"}]
 TRACK = {"uri": "http://127.0.0.1:5000/", "experiment_id": "7", "parent_run_id": "ppp"}
@@ -55,8 +55,18 @@ def test_a_refused_artifact_is_one_warning_not_an_error(monkeypatch, caplog):
 
     monkeypatch.setattr(prefect.artifacts, "create_table_artifact", refuse)
     with caplog.at_level("WARNING", logger="dapl.artifacts"):
-        ok = artifacts.publish("full-benchmark", "recipe", "md", TABLE, TRACK, ROWS, {"t": "/r/x.md"}, [])
+        ok = artifacts.publish("full-benchmark", "recipe", {"markdown": "md", "table": TABLE, "files": {"t": "/r/x.md"},
+                                                            "plots": []}, TRACK, ROWS)
     assert ok is False
     assert [r.getMessage() for r in caplog.records] == [
         "Prefect artifacts not published (RuntimeError: HTTP 422: key must only contain lowercase letters, "
         "numbers, and dashes); the results are in /r"]
+
+
+def test_every_address_opens_the_training_runs():
+    assert mlflow_links.runs_address("http://10.0.0.5:5000", "4") == \
+        "http://10.0.0.5:5000/#/experiments/4/runs?workflowType=machine_learning"
+    assert mlflow_links.runs_address("sqlite:///m.db", "4") == \
+        "http://127.0.0.1:5000/#/experiments/4/runs?workflowType=machine_learning (after bash scripts/mlflow_ui.sh)"
+    assert mlflow_links.where("http://h:1/", "4", "r") == "http://h:1/#/experiments/4/runs/r?workflowType=machine_learning"
+    assert mlflow_links.where("sqlite:///m.db", "4", "r") == "r in sqlite:///m.db"
