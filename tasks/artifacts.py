@@ -49,7 +49,7 @@ def mlflow_section(track: dict | None, rows: list[dict]) -> list[str]:
     if base:
         lines.append(f"- [the experiment's runs]({mlflow_links.experiment_url(base, eid)})")
     else:
-        lines.append(f"- {mlflow_links.open_hint(uri)}")
+        lines.append(f"- {mlflow_links.serve_hint(uri, eid)}")
     lines.append(f"- parent run: {ref('this flow run', parent)}")
     lines += ["- " + ref(f"{r['pair']} {r['method']} seed{r['seed']}", r["run_id"]) for r in rows if r.get("run_id")]
     return lines

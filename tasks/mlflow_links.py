@@ -2,7 +2,8 @@
 
 MLflow 3.17's UI picks an experiment's view from its *workflow type* (the URL's ``workflowType``, else the
 browser's saved choice, ``genai`` when there is none), not from the ``mlflow.experimentKind`` tag: a link that
-should open on the runs table must carry ``workflowType=machine_learning`` (docs/PIPELINE.md, "MLflow").
+should open on the runs table must carry ``workflowType=machine_learning`` (docs/PIPELINE.md, "Where the results
+appear").
 """
 
 from __future__ import annotations
@@ -32,13 +33,10 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{WORKFLOW}"
 
 
-def open_hint(uri: str) -> str:
-    """How to see a store in the UI: the server's own address, or the command that serves a local store."""
-    base = ui_base(uri)
-    if base:
-        return f"MLflow UI: {base}"
-    return f"MLflow UI: `MLFLOW_TRACKING_URI={uri} bash scripts/mlflow_ui.sh` (or `mlflow ui --backend-store-uri " \
-           f"{uri}`), then {LOCAL_UI}"
+def serve_hint(uri: str, experiment_id: str) -> str:
+    """How to see a local store (sqlite, files) in the UI: the command that serves it, then the runs' address."""
+    return (f"MLflow UI: `MLFLOW_TRACKING_URI={uri} bash scripts/mlflow_ui.sh` (or `mlflow ui --backend-store-uri "
+            f"{uri}`), then {experiment_url(LOCAL_UI, experiment_id)}")
 
 
 def runs_address(uri: str, experiment_id: str) -> str:

@@ -39,6 +39,7 @@ def test_report_of_a_local_store_names_the_command_and_ids():
     track = {**TRACK, "uri": "sqlite:////w/mlflow.db"}
     md = artifacts.results_markdown("full-benchmark", "recipe", "table", track, ROWS, {}, [])
     assert "MLFLOW_TRACKING_URI=sqlite:////w/mlflow.db bash scripts/mlflow_ui.sh" in md
+    assert "then http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in md
     assert "real->art zero_shot seed1: `aaa`" in md and "this flow run: `ppp`" in md and "](http" not in md
 
 
