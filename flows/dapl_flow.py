@@ -31,6 +31,7 @@ from tasks import (
     extract_features,
     fetch,
     index,
+    mlflow_links,
     share_result,
     summarise,
     toy_pretrain,
@@ -38,6 +39,7 @@ from tasks import (
     train_prompts,
     zero_shot,
 )
+from tasks.artifacts import publish as publish_artifacts
 from tasks.common import code_version, is_user_error, results_dir
 from tasks.own import adapt_report, index_own
 from tasks.train import complete_tracking
@@ -147,7 +149,7 @@ def dapl(**params: Any) -> dict:
     cached = sum(1 for r in rows if r["cached"])
     print(f"\n{p.kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
-    print(f"tables and plots in {rdir}; MLflow run {parent} in {uri}")
+    print(f"tables and plots in {rdir}; MLflow run {mlflow_links.where(uri, exp_id, parent)}")
     warnings = run_warnings(rows)
     for line in warnings:  # a WARNING record: the console and the run's log both show it once
         log.warning(line)
@@ -257,6 +259,7 @@ def _summarise(req: FlowRequest, runs: list[Run], done: Done, track: dict, swept
         get_run_logger().info("logged %d run(s) whose MLflow tracking had been lost, from their files",
                               len(replayed))
     summary = summarise(req.sweep.kind, rows, done.zero_shots, str(rdir), track)
+    publish_artifacts(req.sweep.kind, format_recipe(req.config), summary, track, rows)  # best effort
     tracking.best_effort("parent tags", tracking.set_tags, uri, track["parent_run_id"], {
         "runs_failed": len(failed), "orphans_marked_failed": swept, "runs_untracked": len(untracked)})
     if failed:

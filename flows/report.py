@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dapl.plan import format_recipe
 from flows.plan import FlowParams
+from tasks import mlflow_links
 
 KINDS = ("full-benchmark", "ablations")
 
@@ -29,7 +30,8 @@ def report(folder: Path, kinds: tuple[str, ...] = KINDS) -> str:
                   f"cache)\n", r["table"], "\n" + format_recipe(cfg)]
         lines += ["\n" + line for line in r.get("warnings", [])]
         lines.append(f"\ntables/plots: {r['runs_dir']}   MLflow parent run: {r['parent_run_id']}")
-    lines.append(f"\nMLflow store: {r['tracking_uri']}")
+    lines.append(f"\nMLflow store: {r['tracking_uri']}; its training runs in the MLflow UI: "
+                 f"{mlflow_links.runs_address(r['tracking_uri'], r['experiment_id'])}")
     return "\n".join(lines)
 
 

@@ -46,6 +46,6 @@ done
 cat <<MSG
 
 Demo finished in $(($(date +%s) - t0)) s.
-Open the MLflow UI:   bash scripts/mlflow_ui.sh     (then http://127.0.0.1:5000, experiment "dapl"; Ctrl-C stops it)
+Open the MLflow UI:   bash scripts/mlflow_ui.sh     (then the address above; Ctrl-C stops it)
 Serve the deployments: bash scripts/serve.sh, then prefect deployment run dapl/full-benchmark (docs/PIPELINE.md)
 MSG

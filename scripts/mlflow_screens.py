@@ -1,4 +1,5 @@
-"""Screenshots of an MLflow store for the README: the runs table of the latest benchmark and the latest
+"""Screenshots of an MLflow store for the README: the experiment as the project's links open it in a fresh
+browser (its runs, not the GenAI overview), the runs table of the latest benchmark and the latest
 ablations (nested runs expanded, their ``sweep.*`` params and final accuracy as columns: the ablation
 comparison), and MLflow's compare view of the ablation's runs along one axis (``--axis tau``).
 
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("headless Chromium is needed: apt-get install -y chromium")
     from mlflow import MlflowClient
 
+    from tasks.mlflow_links import experiment_url
+
     client = MlflowClient(a.uri)
     exp = client.get_experiment_by_name(a.experiment)
     if exp is None:
@@ -138,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     browser = Browser(chromium, (1600, 1000))
     try:
-        browser.open(f"{base}/experiments/{eid}/runs?workflowType=machine_learning", a.wait)  # first visit
+        browser.open(experiment_url(f"http://127.0.0.1:{a.port}", eid), a.wait)  # a fresh profile's first visit
+        browser.shot(out / "mlflow_experiment_default.png")  # what the project's links open on
+        print(f"{out / 'mlflow_experiment_default.png'}: the experiment as its links open it (fresh browser)")
         for kind, parent in parents.items():
             if parent is None:
                 continue

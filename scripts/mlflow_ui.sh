@@ -20,10 +20,13 @@ case "${1:-}" in
     if is_running mlflow-ui; then echo "MLflow UI already running: http://127.0.0.1:$PORT"; exit 0; fi
     start_group mlflow-ui "${cmd[@]}"
     if wait_http "http://127.0.0.1:$PORT/health" 120; then
-      echo "MLflow UI: http://127.0.0.1:$PORT ($URI); stop: bash scripts/mlflow_ui.sh --stop"
+      echo "MLflow UI: $(.venv/bin/python -m tasks.mlflow_links "http://127.0.0.1:$PORT") ($URI)"
+      echo "stop: bash scripts/mlflow_ui.sh --stop"
     else
       tail -20 "$RUN_DIR/mlflow-ui.log" >&2; stop_group mlflow-ui; exit 1
     fi ;;
-  "") echo "MLflow UI: http://127.0.0.1:$PORT ($URI); Ctrl-C to stop"; exec "${cmd[@]}" ;;
+  "") echo "MLflow UI: http://127.0.0.1:$PORT ($URI); Ctrl-C to stop"
+      echo "  training runs: open the experiment from a link the flow printed, or pick 'Model training' in the sidebar"
+      exec "${cmd[@]}" ;;
   *) echo "usage: $0 [--background|--stop]" >&2; exit 2 ;;
 esac

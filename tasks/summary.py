@@ -40,4 +40,5 @@ def summarise(kind: str, rows: list[dict], zero_shots: list[dict], out_dir: str,
 
         tracking.best_effort("log summary", log_summary)
     get_run_logger().info("%s results (%d runs):\n%s", kind, len(rows), md)
-    return {"markdown": md, "files": {k: str(v) for k, v in files.items()}, "plots": [str(p) for p in pngs]}
+    return {"markdown": md, "files": {k: str(v) for k, v in files.items()}, "plots": [str(p) for p in pngs],
+            "table": table.to_dicts()}

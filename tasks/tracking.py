@@ -37,6 +37,8 @@ PENDING_FILE = "tracking_pending.json"
 RETRY_ENV = "DAPL_TRACKING_RETRY_DELAYS"
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the back-off below is ours
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+# MLflow prints two links per run it ends on a server, to the experiment's GenAI view; the flow prints its own
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -95,8 +97,8 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, prompts); this kind opens it on
-# its training runs (the runs table, charts, compare), which is what a benchmark and its ablations are.
+# What the experiment holds (training runs, not GenAI traces). MLflow 3.17's UI does not pick an experiment's view
+# from this tag but from the workflow type in the link or the browser (tasks/mlflow_links.py); the tag stays true.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 

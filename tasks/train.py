@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import yaml
 from prefect import task
 from prefect.logging import get_run_logger
 
@@ -23,8 +24,10 @@ from tasks import tracking
 from tasks.common import clip_bundle, key_fn, load_manifest, refuse_user_errors, run_context
 
 ALL_SECTIONS = (*SECTIONS, "output_dir")
-EPOCH_METRICS = ("lr", "loss", "loss_source", "loss_target", "target_acc", "target_mean_per_class",
-                 "target_metric", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss",
+CONFIG_FILE = "config.yaml"
+# target accuracy first: MLflow's compare view plots the first metric a run logged (docs/PIPELINE.md, "MLflow")
+EPOCH_METRICS = ("target_acc", "target_mean_per_class", "target_metric", "lr", "loss", "loss_source",
+                 "loss_target", "pl_coverage", "pl_accuracy", "pl_agreement", "source_val_loss",
                  "probe_source_loss", "pl_weight", "val_entropy", "val_im", "val_snd")
 
 
@@ -50,12 +53,17 @@ def run_tags(track: dict, run: Run, **extra: Any) -> dict[str, Any]:
     rs, ctx = run.spec, run_context()
     return {**track.get("tags", {}), "pair": rs.pair, "method": rs.label, "seed": rs.seed,
             "setting": run.config.prompt.setting.value, "prefect.task_run_id": ctx["task_run_id"],
-            "prefect.flow_run_id": ctx["flow_run_id"], **extra}
+            "prefect.flow_run_id": ctx["flow_run_id"], "output_dir": run.config.output_dir.as_posix(), **extra}
+
+
+# a per-run path as a param would lead MLflow's compare view (it plots the first differing params, by name);
+# it is a tag and in config.yaml
+NOT_PARAMS = ("output_dir",)
 
 
 def run_params(run: Run) -> dict[str, Any]:
-    """The MLflow params of one labelled run: its whole config and its sweep axes."""
-    return {**run.config.flat(), **run.axes()}
+    """The MLflow params of one labelled run: its config (the whole of it is ``config.yaml``) and its sweep axes."""
+    return {**{k: v for k, v in run.config.flat().items() if k not in NOT_PARAMS}, **run.axes()}
 
 
 @task(name="train-prompts", cache_key_fn=key_fn(ALL_SECTIONS, ("spec", "manifest_sha", "weights_sha")),
@@ -93,6 +101,7 @@ def train_prompts(cfg: dict, spec: dict, manifest: str, manifest_sha: str, weigh
     try:
         row = run_one(run, bundle=clip_bundle(run_cfg), manifest=load_manifest(manifest, manifest_sha),
                       progress="log", on_epoch=on_epoch, reuse=reuse)
+        write_config(run_cfg)
         if rl:
             if row.get("reused_from"):
                 rl.call("tag reused", tracking.set_tags, uri, run_id, {"reused_from": row["reused_from"]})
@@ -151,6 +160,13 @@ def share_result(row: dict, cfg: dict, spec: dict, track: dict | None = None) ->
             **run_context()}
 
 
+def write_config(cfg: DaplConfig) -> Path:
+    """The run's whole resolved config beside its results (logged as the MLflow run's ``config.yaml``)."""
+    path = Path(cfg.output_dir) / CONFIG_FILE
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
+
+
 def log_training_files(uri: str, run_id: str, out: Path, logged: set[int] | None = None) -> None:
     """Per-epoch metrics from ``history.csv`` (those not logged live: epochs trained before a resume, the manual
     prompt's single evaluation) and the prompt/metric files."""
@@ -163,6 +179,7 @@ def log_training_files(uri: str, run_id: str, out: Path, logged: set[int] | None
     tracking.log_artifacts(uri, run_id, [out / f for f in ("prompts.safetensors", "prompts.json",
                                                            "nearest_tokens.txt", "nearest_tokens.json")], "prompts")
     tracking.log_artifacts(uri, run_id, [out / "history.csv", out / "metrics.json"], "metrics")
+    tracking.log_artifacts(uri, run_id, [out / CONFIG_FILE])
     summary = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
     flags = {f"dapl.{flag}": "true" for flag in FLAGS if summary.get(flag)}
     if flags:

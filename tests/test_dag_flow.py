@@ -19,6 +19,7 @@ pytest.importorskip("mlflow")
 import open_clip  # noqa: E402
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
@@ -92,9 +93,14 @@ def test_benchmark_runs_in_mlflow(env, benchmark):
     meta = json.loads(Path(c.download_artifacts(run.info.run_id, "prompts/prompts.json")).read_text())
     cfg = DaplConfig.model_validate(meta["config"])
     sweep = {"sweep.method": "dapl", "sweep.axis": "method", "sweep.label": "dapl", "sweep.setting": "unified_domain",
-             "sweep.m1": "2", "sweep.m2": "2", "sweep.tau": "0.5", "sweep.refresh": "none",
-             "sweep.templates": "manual", "sweep.pair": "real->art", "sweep.seed": "1"}
-    assert set(run.data.params) == set(cfg.flat()) | set(sweep)
+             "sweep.m1": "2", "sweep.m2": "2", "sweep.tau": "0.5", "sweep.pair": "real->art", "sweep.seed": "1",
+             "sweep.refresh": "none", "sweep.templates": "manual"}
+    assert set(run.data.params) == (set(cfg.flat()) - {"output_dir"}) | set(sweep)  # a path: a tag, not a param
+    assert run.data.tags["output_dir"] == cfg.output_dir.as_posix()
+    logged = yaml.safe_load(Path(c.download_artifacts(run.info.run_id, "config.yaml")).read_text())
+    assert DaplConfig.model_validate(logged) == cfg  # the whole config, output_dir included
+    for kid in kids.values():  # MLflow's compare view plots the first metric a run logged: target accuracy
+        assert next(iter(kid.data.metrics)) == "target_acc", kid.info.run_name
     assert {k: run.data.params[k] for k in sweep} == sweep  # the axes, first-class for MLflow's charts
     assert run.data.params["train.epochs"] == str(EPOCHS) and run.data.params["data.target"] == "['art']"
     # metrics per epoch
@@ -238,3 +244,35 @@ def test_config_error_fails_the_flow_with_one_line(env):
     logs = _failed_run_logs(state)
     assert any("train.lrr" in m for m in logs), logs
     assert not any("Traceback" in m for m in logs), logs
+
+
+def test_flow_run_publishes_results_artifacts(env, benchmark):
+    """The flow run's Artifacts tab: the results table (one row per method, a column per pair) and a report with
+    the recipe, the markdown table and every MLflow run."""
+    from mlflow import MlflowClient
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    c = MlflowClient(env["uri"])
+    flow_run_id = c.get_run(benchmark["parent_run_id"]).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    by_key = {a.key: a for a in arts}
+    assert set(by_key) == {"dapl-benchmark-results", "dapl-benchmark-report"}
+    assert all(a.task_run_id is None for a in arts)  # the flow run's own (its tab lists task runs' apart)
+    table = by_key["dapl-benchmark-results"]
+    assert table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["method"] for r in rows] == ["zero_shot", "source_only", "dapl"]
+    assert all(set(r) == {"method", "real->art", "avg"} for r in rows)
+    runs = pl.read_csv(benchmark["files"]["runs_csv"])
+    dapl_acc = runs.filter(pl.col("method") == "dapl")["accuracy"][0]
+    assert rows[2]["real->art"] == pytest.approx(round(dapl_acc, 1))
+    report = by_key["dapl-benchmark-report"]
+    assert report.type == "markdown"
+    assert "recipe (toy): " in report.data and benchmark["table"] in report.data
+    for kid in _children(c, benchmark):  # a local store: the run ids and how to open the UI
+        assert f"{kid.info.run_name}: `{kid.info.run_id}`" in report.data
+    assert f"`{benchmark['parent_run_id']}`" in report.data and "scripts/mlflow_ui.sh" in report.data
+    assert all(f"`{p}`" in report.data for p in benchmark["plots"])

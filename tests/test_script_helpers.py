@@ -18,7 +18,8 @@ from flows.plan import FlowParams  # noqa: E402
 
 def _result(kind: str, warnings: list[str]) -> dict:
     return {"kind": kind, "runs": 3, "cached": 1, "table": f"| {kind} |\n|---|", "warnings": warnings,
-            "runs_dir": f"/w/runs/{kind}", "parent_run_id": f"id-{kind}", "tracking_uri": "sqlite:///w/mlflow.db"}
+            "runs_dir": f"/w/runs/{kind}", "parent_run_id": f"id-{kind}", "tracking_uri": "sqlite:///w/mlflow.db",
+            "experiment_id": "3"}
 
 
 def test_demo_report_prints_each_flow_with_the_flows_own_recipe(tmp_path):
@@ -39,7 +40,8 @@ def test_demo_report_prints_each_flow_with_the_flows_own_recipe(tmp_path):
         "tables/plots: /w/runs/full-benchmark   MLflow parent run: id-full-benchmark\n"
         "\n## ablations (toy world; target accuracy %, last epoch; 3 runs, 1 from cache)\n\n"
         f"| ablations |\n|---|\n\n{line}\n\ntables/plots: /w/runs/ablations   MLflow parent run: id-ablations\n"
-        "\nMLflow store: sqlite:///w/mlflow.db\n")
+        "\nMLflow store: sqlite:///w/mlflow.db; its training runs in the MLflow UI: "
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning (after bash scripts/mlflow_ui.sh)\n")
 
 
 def _capture(fn, argv) -> str:
