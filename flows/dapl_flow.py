@@ -132,7 +132,8 @@ def dapl(**params: Any) -> dict:
              parent, uri)
     try:
         done = _run_all(cfg, runs, common, track, p.refresh)
-        summary = _summarise(req, runs, done, track, len(swept))
+        own = (lambda s: _adapt_summary(p, cfg, runs, done.rows, s)) if p.kind == "adapt" else None
+        summary = _summarise(req, runs, done, track, len(swept), own)
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FINISHED")
     except RunsFailed as e:  # each failed task logged its own reason: the flow ends with one line
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
@@ -142,10 +143,6 @@ def dapl(**params: Any) -> dict:
         tracking.best_effort("end parent run", tracking.end_run, uri, parent, "FAILED")
         raise
     rows = done.rows
-    if p.kind == "adapt":
-        src, tgt, sample = p.own_paths()
-        rep = adapt_report(cfg.to_dict(), runs, rows, src, tgt, sample, str(rdir))
-        summary = {**summary, "markdown": rep["markdown"], "files": {**summary["files"], "report": rep["files"][1]}}
     cached = sum(1 for r in rows if r["cached"])
     print(f"\n{p.kind} on {cfg.data.dataset} ({len(rows)} runs, {cached} from cache, "
           f"{time.perf_counter() - t0:.0f} s):\n{summary['markdown']}\n{format_recipe(cfg)}\n")
@@ -244,9 +241,17 @@ def _run_all(cfg: DaplConfig, runs: list[Run], common: dict, track: dict, refres
     return Done(rows, zres, failed, _first_cause([*feats, *zs.values(), *trains.values(), *results]))
 
 
-def _summarise(req: FlowRequest, runs: list[Run], done: Done, track: dict, swept: int) -> dict:
-    """Tracking lost mid-flow logged again from disk, the tables and plots, the parent's tags; RunsFailed when a
-    run failed or is still untracked."""
+def _adapt_summary(p: FlowParams, cfg: DaplConfig, runs: list[Run], rows: list[dict], summary: dict) -> dict:
+    """adapt: the label-free report (written beside the runs) is what the flow shows and publishes."""
+    src, tgt, sample = p.own_paths()
+    rep = adapt_report(cfg.to_dict(), runs, rows, src, tgt, sample, str(Path(summary["files"]["table_md"]).parent))
+    return {**summary, "markdown": rep["markdown"], "files": {**summary["files"], "report": rep["files"][1]}}
+
+
+def _summarise(req: FlowRequest, runs: list[Run], done: Done, track: dict, swept: int,
+               own: Callable[[dict], dict] | None = None) -> dict:
+    """Tracking lost mid-flow logged again from disk, the tables and plots (``own``: adapt's report in their
+    place), the parent's tags; RunsFailed when a run failed or is still untracked."""
     rows, failed, rdir, uri = done.rows, done.failed, req.runs_dir, track["uri"]
     if not rows:
         raise RunsFailed(f"every run failed: {failed}{done.cause}")
@@ -259,7 +264,10 @@ def _summarise(req: FlowRequest, runs: list[Run], done: Done, track: dict, swept
         get_run_logger().info("logged %d run(s) whose MLflow tracking had been lost, from their files",
                               len(replayed))
     summary = summarise(req.sweep.kind, rows, done.zero_shots, str(rdir), track)
-    publish_artifacts(req.sweep.kind, format_recipe(req.config), summary, track, rows)  # best effort
+    if own is not None:
+        summary = own(summary)
+    publish_artifacts("adapt" if own else req.sweep.kind, format_recipe(req.config), summary, track,
+                      rows)  # best effort
     tracking.best_effort("parent tags", tracking.set_tags, uri, track["parent_run_id"], {
         "runs_failed": len(failed), "orphans_marked_failed": swept, "runs_untracked": len(untracked)})
     if failed:
