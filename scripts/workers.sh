@@ -25,7 +25,7 @@ case "${1:-}" in
     for f in "$RUN_DIR"/worker-*.pid; do
       [ -e "$f" ] || continue
       name=$(basename "$f" .pid)
-      stop_group "$name" 30 || status=1
+      stop_group "$name" 10 || status=1  # an idle worker ignores SIGTERM for ~30 s; its group is killed after 10
     done
     exit $status ;;
   *) echo "usage: bash scripts/workers.sh start NAME [LIMIT] | stop" >&2; exit 2 ;;
