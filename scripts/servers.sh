@@ -27,9 +27,10 @@ start_prefect() {
 start_mlflow() {
   local port="${DAPL_MLFLOW_PORT:-$(free_port)}" art="${DAPL_ARTIFACTS:-$ROOT/.prefect/mlflow-artifacts}"
   mkdir -p "$art"
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false start_group shared-mlflow .venv/bin/mlflow server \
-    --backend-store-uri "$(bash scripts/pg.sh url mlflow psycopg2)" --artifacts-destination "$art" \
-    --host "$HOST" --port "$port" --workers 1
+  # the database URLs (with the password) travel in the environment, never on a command line others can read
+  MLFLOW_BACKEND_STORE_URI="$(bash scripts/pg.sh url mlflow psycopg2)" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    start_group shared-mlflow .venv/bin/mlflow server --artifacts-destination "$art" --host "$HOST" --port "$port" \
+    --workers 1
   echo "http://$HOST:$port"
 }
 

@@ -1,6 +1,7 @@
 """Beyond one machine (docs/SCALE.md): PostgreSQL, the Prefect and MLflow servers on it, a process work pool with two
 workers (separate processes), `prefect deploy` and `prefect deployment run`; the accuracies equal a single-process
-run's, MLflow's PostgreSQL database holds every run, and no process is left afterwards.
+run's even though PostgreSQL is restarted mid-training, MLflow's PostgreSQL database holds every run, and no
+process is left afterwards.
 
 Needs PostgreSQL (``bash scripts/pg.sh install``; .ci/run does it): without it this test fails, it does not skip.
 """
@@ -72,6 +73,32 @@ def _alive(pids: set[int]) -> list[str]:
     return left
 
 
+def _restart_postgres_mid_training(env: dict, seconds: float = 300) -> None:
+    """Once MLflow's database shows a nested run RUNNING, stop PostgreSQL (fast shutdown) and start it again on the
+    same port: the servers must reconnect and the flow runs complete."""
+    import time
+
+    import psycopg2
+
+    url = _sh(env, "bash", "scripts/pg.sh", "url", "mlflow").strip()
+    deadline = time.monotonic() + seconds
+    while True:
+        assert time.monotonic() < deadline, "no training started within the time limit"
+        with contextlib.suppress(psycopg2.Error), psycopg2.connect(url) as db, db.cursor() as cur:
+            cur.execute("select count(*) from runs r join tags t on t.run_uuid = r.run_uuid "
+                        "where r.status = 'RUNNING' and t.key = 'pair'")
+            if cur.fetchone()[0]:
+                break
+        time.sleep(0.2)
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    pid_file = Path(env["DAPL_RUN_DIR"]) / "postgres.pid"
+    before = pid_file.read_text()
+    _sh(env, "bash", "scripts/pg.sh", "stop")
+    assert not pid_file.exists() and not _alive({int(before)})
+    _sh(env | {"DAPL_PG_PORT": port}, "bash", "scripts/pg.sh", "start")
+    assert pid_file.read_text() != before
+
+
 @pytest.mark.slow
 def test_two_workers_on_shared_servers_match_a_single_process_run(tmp_path):
     assert PG_BIN, ("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres): run "
@@ -107,6 +134,7 @@ def test_two_workers_on_shared_servers_match_a_single_process_run(tmp_path):
                                   json.dumps(_params(tmp_path, tmp_path / "shared", [pair])), "--watch",
                                   "--watch-timeout", "600"], cwd=REPO, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True) for pair in PAIRS]
+        _restart_postgres_mid_training(env)
         outs = [r.communicate(timeout=660)[0] for r in runs]
         for out in outs:
             assert "Flow run finished successfully in 'Completed'" in out, out[-3000:]
