@@ -56,7 +56,7 @@ init_pg() {  # initdb into $PG_DIR/data once (password auth on TCP, no unix sock
   [ "$(id -u)" = 0 ] && chown "$PG_USER:$PG_USER" "$PG_DIR"
   as_pg test -w "$PG_DIR" || die "$PG_USER cannot write $PG_DIR; set DAPL_PG_DIR to a folder it can reach"
   umask 077
-  .venv/bin/python -c "import secrets; print(secrets.token_hex(16))" | as_pg tee "$PG_DIR/password" >/dev/null
+  od -An -tx1 -N16 /dev/urandom | tr -d ' \n' | as_pg tee "$PG_DIR/password" >/dev/null
   as_pg "$(bindir)/initdb" -D "$PG_DIR/data" -U dapl --pwfile="$PG_DIR/password" --auth-host=scram-sha-256 \
     --auth-local=reject -E UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; die "initdb failed"; }
 }
