@@ -15,6 +15,9 @@ Why the layout is what it is:
   each atomically (temp file + ``os.replace``) into ``<view>.chunks/`` of the content-addressed folder; a rerun
   skips the complete chunks, and a half-written chunk is a temp file no reader ever opens. When every chunk
   of a view is there they are joined, again atomically, into ``<view>.npy``.
+- **Shared safely.** A view is extracted under a lock file ``<view>.lock`` (:mod:`dapl.filelock`): processes
+  (or threads, hosts on a shared filesystem) that need the same view at once encode it once; the others wait,
+  then read the joined ``.npy``.
 - **Decoded once.** The train views of an image are produced from one decode (each under its own seed) and
   written to their own chunk files.
 - **Precision.** ``fp32``, ``bf16`` or ``fp16`` encoder weights and inputs (``auto``: see
@@ -43,6 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 from dapl.clip import ClipBundle
 from dapl.config import FeatureConfig
 from dapl.encoder import ImageEncoder, resolve_precision
+from dapl.filelock import exclusive_all
 from dapl.imageset import ImageSet
 from dapl.progress import Progress
 from dapl.transforms import eval_transform, train_transform, transform_identity
@@ -255,10 +259,18 @@ class FeatureCache:
     # extraction ----------------------------------------------------------------------------------------
     def _extract(self, folder: Path, images: ImageSet, transform: Callable,
                  jobs: Sequence[tuple[str, Callable[[int], int] | None]], desc: str) -> None:
-        """Write ``<stem>.npy`` for every job ``(stem, seed_fn)`` not yet complete, chunk by chunk."""
+        """Write ``<stem>.npy`` for every job ``(stem, seed_fn)`` not yet complete, chunk by chunk. Each view is
+        extracted under ``<stem>.lock``: a second process (or thread) that needs it waits, then finds it joined."""
         jobs = [(s, sf) for s, sf in jobs if not (folder / f"{s}.npy").exists()]
         if not jobs:
             return
+        with exclusive_all([folder / f"{s}.lock" for s, _ in jobs]):
+            jobs = [(s, sf) for s, sf in jobs if not (folder / f"{s}.npy").exists()]  # done while we waited?
+            if jobs:
+                self._extract_locked(folder, images, transform, jobs, desc)
+
+    def _extract_locked(self, folder: Path, images: ImageSet, transform: Callable,
+                        jobs: Sequence[tuple[str, Callable[[int], int] | None]], desc: str) -> None:
         n, step = len(images), self.chunk_size
         for s, _ in jobs:
             (folder / f"{s}.chunks").mkdir(exist_ok=True)
