@@ -35,7 +35,8 @@ def test_flow_registers_each_trained_run(env):  # noqa: F811
     cfg = DaplConfig.model_validate(json.loads((run_dir / "prompts.json").read_text())["config"])
     serving = {k for k in run.data.params if k.startswith("serving.")}
     assert serving == {"serving.domain", "serving.device", "serving.top_k"}  # the model's, apart from the config
-    assert set(run.data.params) - serving - {k for k in run.data.params if k.startswith("sweep.")} == set(cfg.flat())
+    swept = {k for k in run.data.params if k.startswith("sweep.")}
+    assert set(run.data.params) - serving - swept == set(cfg.flat()) - {"output_dir"}  # output_dir: a tag
     image = next((Path(env["wd"]) / "toy" / "art").rglob("*.png"))
     import pandas as pd
 
