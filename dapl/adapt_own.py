@@ -37,7 +37,7 @@ def own_root(source: Path | str, target: Path | str) -> Path:
 
 def own_config(base: DaplConfig, manifest_file: Path, root: Path) -> DaplConfig:
     """``base`` pointed at your data (dataset ``folder``, domains source and target), label-free selection on."""
-    selection = base.eval.selection if base.eval.selection not in ("last", "source_val") else SELECTION
+    selection = SELECTION if base.eval.selection == "last" else base.eval.selection
     return base.with_overrides({"data.dataset": "folder", "data.root": str(root), "data.manifest": str(manifest_file),
                                 "data.source": [SOURCE], "data.target": [TARGET],
                                 "eval.selection": selection})

@@ -46,7 +46,11 @@ def _source_items(root: Path, source: Path, notes: list[dict]) -> list[IndexItem
     for entry, is_dir in kids:
         rel = entry.relative_to(root).as_posix()
         if is_dir:
-            items += [IndexItem(f.relative_to(root).as_posix(), SOURCE, entry.name, "all") for f in walk_files(entry)]
+            inside: list = []
+            items += [IndexItem(f.relative_to(root).as_posix(), SOURCE, entry.name, "all")
+                      for f in walk_files(entry, inside)]
+            notes += [note("excluded", r.kind, SOURCE, display_name(entry.name), shown(str(r.path)),
+                           f"{shown(str(r.path))} {r.detail}") for r in inside]
         else:
             items.append(IndexItem(rel, SOURCE, None, "all", problem="no_class: file is not inside a class folder"))
     if not any(it.class_folder for it in items):

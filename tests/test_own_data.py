@@ -47,6 +47,22 @@ def test_own_data_manifest_has_an_unlabelled_target(tmp_path, blob_world):
     assert len(sample) == 5 and [m.class_folders[k] for k in sample.labels] == list(truth.values())[:5]
 
 
+def test_own_data_never_follows_a_link(tmp_path, blob_world):
+    """A link in a source class folder or in the target is excluded and named, never read through."""
+    src = tmp_path / "source"
+    shutil.copytree(blob_world / "light", src)
+    truth = _flat_target(blob_world, tmp_path / "target")
+    outside = tmp_path / "outside.png"
+    shutil.copyfile(tmp_path / "target" / next(iter(truth)), outside)
+    cls = sorted(p.name for p in src.iterdir())[0]
+    (src / cls / "linked.png").symlink_to(outside)
+    (tmp_path / "target" / "linked.png").symlink_to(outside)
+    m = index_own_data(src, tmp_path / "target", progress=False)
+    assert not m.ok.filter(pl.col("path").str.ends_with("linked.png")).height
+    linked = [n for n in m.notes if "linked.png" in (n.get("path") or "")]
+    assert len(linked) == 2 and all(n["severity"] == "excluded" for n in linked), m.notes
+
+
 def test_bad_own_data_is_one_clear_error(tmp_path, blob_world):
     truth = _flat_target(blob_world, tmp_path / "target")
     mixed = tmp_path / "mixed"
