@@ -7,6 +7,7 @@ orchestration layers can log, hash and cache.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,6 +134,8 @@ def write_outputs(cfg: DaplConfig, bundle: ClipBundle, task: AdaptationData, res
     if res.selected_context is not None:  # the label-free choice's epoch, ready to predict with or register
         save_prompts(out / SELECTED, prompts, cfg, bundle.identity, {"epoch": res.selection["epoch"],
                      "criterion": res.selection["criterion"]}, tensors=res.selected_context)
+    elif (out / SELECTED).is_dir() and not (out / SELECTED).is_symlink():  # an earlier run's choice: not this one's
+        shutil.rmtree(out / SELECTED)
     decoded = nearest_tokens(prompts, bundle) if prompts.cfg.learned else {}
     (out / "nearest_tokens.json").write_text(json.dumps(decoded, indent=1))
     (out / "nearest_tokens.txt").write_text(format_nearest(decoded, top=3) + "\n")
