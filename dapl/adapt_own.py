@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,6 @@ METHODS = ("zero_shot", "source_only", "dapl")
 # lowest mean regret against the oracle on the toy benchmark (docs/TOY.md, "Label-free selection").
 SELECTION = "im"
 REPORT = "adapt_report"
-
-
-def own_root(source: Path | str, target: Path | str) -> Path:
-    """The folder both your folders are under (decided lexically): the manifest's root."""
-    return Path(os.path.commonpath([Path(source).absolute(), Path(target).absolute()]))
 
 
 def own_config(base: DaplConfig, manifest_file: Path, root: Path) -> DaplConfig:

@@ -37,6 +37,11 @@ def _folder(path: Path | str, flag: str) -> Path:
     return p
 
 
+def own_root(source: Path | str, target: Path | str) -> Path:
+    """The folder both your folders are under (decided lexically): the manifest's root."""
+    return Path(os.path.commonpath([Path(source).absolute(), Path(target).absolute()]))
+
+
 def _source_items(root: Path, source: Path, notes: list[dict]) -> list[IndexItem]:
     """One item per file below each class folder of ``source``; loose files are refused (they have no class)."""
     kids, refused = scan(source)
@@ -83,7 +88,7 @@ def index_own_data(source: Path | str, target: Path | str, *, workers: int | Non
     src, tgt = _folder(source, "--source"), _folder(target, "--target")
     if src == tgt or tgt.is_relative_to(src) or src.is_relative_to(tgt):
         raise DatasetLayoutError(f"--source {source} and --target {target} overlap; give two separate folders")
-    root = Path(os.path.commonpath([src, tgt]))  # = dapl.adapt_own.own_root
+    root = own_root(src, tgt)
     notes: list[dict] = []
     items = _source_items(root, src, notes) + _target_items(root, tgt, notes)
     folders = tuple(sorted({it.class_folder for it in items if it.domain == SOURCE and it.class_folder}))

@@ -108,7 +108,8 @@ class FlowParams(BaseModel):
 
     def _adapt_request(self, cfg: DaplConfig, wd: Path) -> FlowRequest:
         """`dapl adapt`'s plan: your folders as the pair source->target, runs under runs/adapt/<digest>."""
-        from dapl.adapt_own import own_config, own_root, own_sweep
+        from dapl.adapt_own import own_config, own_sweep
+        from dapl.own_data import own_root
 
         if not (self.source_dir and self.target_dir):
             raise ValueError("kind adapt needs source_dir (class folders) and target_dir (a flat folder of images)")

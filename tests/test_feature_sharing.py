@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,44 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import dapl.features as features
 from dapl.filelock import exclusive
-
-CHILD = r"""
-import json, sys, time
-from pathlib import Path
-import numpy as np
-import torch
-torch.set_num_threads(1)
-import dapl.features as features
-from dapl.config import FeatureConfig, ModelConfig
-from dapl.imageset import ImageSet
-from dapl.clip import load_clip
-
-cfg = json.loads(sys.argv[1])
-torch.manual_seed(0)  # the same random tiny model in every process
-bundle = load_clip(ModelConfig(name=cfg["model"], pretrained=None, device="cpu"))
-images = ImageSet.build(cfg["paths"], None, 0, cfg["root"])
-real_save, real_encode = features._save_atomic, features.encode_range
-starts = []
-
-def encode(*a, **k):
-    starts.append(a[4])
-    Path(cfg["log"]).write_text(json.dumps(starts))
-    return real_encode(*a, **k)
-
-def save(path, arr):
-    real_save(path, arr)
-    while Path(cfg["hold"]).exists():  # the test keeps this extraction mid-view until the other one waits
-        time.sleep(0.05)
-
-features.encode_range, features._save_atomic = encode, save
-cache = features.FeatureCache(cfg["cache"], bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4,
-                               precision="fp32", memmap=False)
-Path(cfg["log"]).write_text(json.dumps(starts))
-views = cache.train_views(images, 2, FeatureConfig(views=2, num_workers=0))
-np.save(cfg["out"], views.float().numpy())
-"""
+from tests import extract_child
 
 
 def _blocked_on_flock(pid: int) -> bool:
@@ -78,18 +40,16 @@ def test_two_processes_needing_one_view_encode_it_once(tmp_path, blob_world, tin
     the same views and blocks on their lock file; once A finishes, B reads A's files: every chunk was encoded
     exactly once in total, both got identical features, and no lock or temp file is left."""
     paths = sorted(p.relative_to(blob_world).as_posix() for p in blob_world.rglob("*.png"))[:24]
-    repo = Path(features.__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     hold, cache = tmp_path / "hold", tmp_path / "cache"
     hold.touch()
     cfgs = [{"model": str(tiny_config_dir / "tiny-rn.json"), "paths": paths, "root": str(blob_world),
              "cache": str(cache), "out": str(tmp_path / f"{n}.npy"), "log": str(tmp_path / f"{n}.json"),
-             "hold": str(hold)} for n in ("a", "b")]
+             "hold": str(hold), "views": 2} for n in ("a", "b")]
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfgs[0])], env=env))
+        procs.append(extract_child.start(cfgs[0]))
         _wait_for(lambda: list(cache.glob("*/view_000.chunks/0*.npy")), "A's first chunk", procs)
-        procs.append(subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfgs[1])], env=env))
+        procs.append(extract_child.start(cfgs[1]))
         _wait_for(lambda: _blocked_on_flock(procs[1].pid), "B to wait on the view's lock", procs)
         hold.unlink()
         assert [p.wait(300) for p in procs] == [0, 0]

@@ -215,61 +215,24 @@ def test_key_sees_a_file_rewritten_under_the_same_path(tmp_path):
         ImageSet(plain.paths, plain.labels, plain.domains, plain.root, digests=("a",))
 
 
-KILL_CHILD = r"""
-import json, sys, time
-from pathlib import Path
-import numpy as np
-import torch
-torch.set_num_threads(1)
-import dapl.features as features
-from dapl.config import FeatureConfig, ModelConfig
-from dapl.imageset import ImageSet
-from dapl.clip import load_clip
-
-cfg = json.loads(sys.argv[1])
-torch.manual_seed(0)  # the same random tiny model in every process
-bundle = load_clip(ModelConfig(name=cfg["model"], pretrained=None, device="cpu"))
-images = ImageSet.build(cfg["paths"], None, 0, cfg["root"])
-real_save, real_encode = features._save_atomic, features.encode_range
-starts = []
-
-def encode(*a, **k):
-    starts.append(a[4])
-    Path(cfg["log"]).write_text(json.dumps(starts))
-    return real_encode(*a, **k)
-
-def save(path, arr):
-    real_save(path, arr)
-    time.sleep(cfg["slow"])  # leaves time to be killed between chunks
-
-features.encode_range, features._save_atomic = encode, save
-cache = features.FeatureCache(cfg["cache"], bundle, batch_size=4, num_workers=0, encode_batch=2, chunk_size=4,
-                               precision="fp32", memmap=False)
-views = cache.train_views(images, 1, FeatureConfig(views=1, num_workers=0))
-np.save(cfg["out"], views.float().numpy())
-"""
-
-
 @pytest.mark.slow
 def test_sigkill_mid_view_resumes_from_the_last_complete_chunk(tmp_path, blob_world, tiny_config_dir):
     """A real SIGKILL while a view spanning 6 chunks is being written: the rerun encodes only the missing
     chunks and the result equals an uninterrupted run's."""
-    import os
     import signal
     import subprocess
-    import sys
     import time
     from pathlib import Path
 
+    from tests import extract_child
+
     paths = sorted(p.relative_to(blob_world).as_posix() for p in blob_world.rglob("*.png"))[:24]
-    repo = Path(features.__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
 
     def child(name: str, cache: Path, slow: float) -> tuple[subprocess.Popen, dict]:
         cfg = {"model": str(tiny_config_dir / "tiny-rn.json"), "paths": paths, "root": str(blob_world),
                "cache": str(cache), "out": str(tmp_path / f"{name}.npy"), "log": str(tmp_path / f"{name}.json"),
                "slow": slow}
-        return subprocess.Popen([sys.executable, "-c", KILL_CHILD, json.dumps(cfg)], env=env), cfg
+        return extract_child.start(cfg), cfg
 
     def chunks(cache: Path) -> list[str]:
         return sorted(p.name for p in cache.glob("*/view_000.chunks/*.npy") if not p.name.startswith("."))
