@@ -30,6 +30,9 @@ ENV_DEFAULTS: dict[str, str] = {
     # (the CLI, a test), where Prefect's API handler would otherwise warn once per line
     "PREFECT_LOGGING_EXTRA_LOGGERS": "dapl",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # a Prefect server whose database restarts answers 500 for a few seconds: retried (back-off up to ~1 min)
+    # instead of crashing the flow run (docs/SCALE.md)
+    "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
 }  # scripts/env.sh also sets HF_HUB_OFFLINE=1 (no download intended there); tests check the two agree
 
 

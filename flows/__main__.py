@@ -1,5 +1,6 @@
 """``python -m flows run KIND [-p key=value ...]`` runs the ``dapl`` flow here (ephemeral Prefect API unless
-``PREFECT_API_URL`` is set); ``python -m flows serve`` serves the ``full-benchmark`` and ``ablations`` deployments.
+``PREFECT_API_URL`` is set); ``python -m flows serve`` serves the ``full-benchmark`` and ``ablations`` deployments;
+``python -m flows automations`` installs the work pool's crash recovery on the shared server (flows/recovery.py).
 
 Both take ``--runner thread|dask``, ``--workers N`` and ``--dask-address tcp://host:8786``.
 """
@@ -76,6 +77,20 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_automations(a: argparse.Namespace) -> int:
+    import os
+
+    if not os.environ.get("PREFECT_API_URL"):
+        print("python -m flows automations: PREFECT_API_URL is not set (source .prefect/run/servers.env)",
+              file=sys.stderr)
+        return 2
+    from flows.recovery import ensure
+
+    for line in ensure():
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="serve the deployments (needs PREFECT_API_URL: see scripts/serve.sh)")
     s.add_argument("--limit", type=int, default=1, help="flow runs executed at once by this process (default 1)")
     s.set_defaults(fn=cmd_serve)
+    au = sub.add_parser("automations", help="create/update the automations that retry a dead worker's flow run")
+    au.set_defaults(fn=cmd_automations)
     a = p.parse_args(argv)
     runners.configure(a.runner, a.workers, a.dask_address)
     return a.fn(a)

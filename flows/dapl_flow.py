@@ -107,9 +107,14 @@ def dapl(**params: Any) -> dict:
     log = get_run_logger()
     t0 = time.perf_counter()
     uri = tracking.resolve_uri(p.tracking_uri)
-    tracking.check_tracking(uri)
-    exp_id = tracking.ensure_experiment(uri, p.experiment)
-    swept = tracking.sweep_orphans(uri, exp_id)
+    try:  # before any training: a backend that flickers is retried, one that is gone fails the run in one line
+        tracking.check_tracking(uri)
+        exp_id = tracking.with_retry("find the experiment", tracking.ensure_experiment, uri, p.experiment)
+        swept = tracking.with_retry("sweep orphan runs", tracking.sweep_orphans, uri, exp_id,
+                                    str(flow_run.id or ""))
+    except (tracking.TrackingUnavailable, tracking.TrackingLost) as e:
+        log.error("MLflow at %s cannot be used, nothing was trained: %s", uri, e)
+        return Failed(message=str(e))
     if swept:
         log.warning("marked %d MLflow run(s) of killed processes FAILED: %s", len(swept), ", ".join(swept))
     try:
@@ -126,7 +131,11 @@ def dapl(**params: Any) -> dict:
         return inputs
     domains, common = inputs
     runs = req.runs(domains)
-    track = _start_parent(p, req, runs, uri, exp_id, common["manifest_sha"])
+    try:
+        track = _start_parent(p, req, runs, uri, exp_id, common["manifest_sha"])
+    except tracking.TrackingLost as e:
+        log.error("MLflow at %s stopped answering, nothing was trained: %s", uri, e)
+        return Failed(message=str(e))
     parent, rdir = track["parent_run_id"], req.runs_dir
     log.info("%s on %s: %d runs in %s; MLflow parent run %s (%s)", p.kind, cfg.data.dataset, len(runs), rdir,
              parent, uri)
@@ -189,16 +198,16 @@ def _start_parent(p: FlowParams, req: FlowRequest, runs: list[Run], uri: str, ex
     cfg, sweep = req.config, req.sweep
     tags = {"kind": p.kind, "dataset": cfg.data.dataset, "code_version": code_version(),
             **tracking.data_tags(str(cfg.data.root), msha), "dapl.allow_incomplete": cfg.data.allow_incomplete}
-    parent = tracking.start_run(uri, exp_id, f"{p.kind} {cfg.data.dataset}", {
-        **tags, "prefect.flow_run_id": str(flow_run.id or ""),
-        "pairs": ", ".join(f"{s}->{t}" for s, t in pairs_of(runs)), "runs_dir": str(req.runs_dir),
-        "recipe": format_recipe(cfg)})
-    tracking.log_params(uri, parent, {**cfg.flat(), **{f"recipe.{k}": v for k, v in recipe(cfg).items()},
-                                      "flow.kind": p.kind, "flow.seeds": list(sweep.seeds),
-                                      "flow.methods": list(sweep.methods), "flow.pairs": p.pairs, "flow.pair": p.pair,
-                                      "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
-                                      "flow.taus": list(sweep.taus), "flow.pseudo": list(sweep.pseudo),
-                                      "flow.runs": len(runs)})
+    run_tags = {**tags, "prefect.flow_run_id": str(flow_run.id or ""), "recipe": format_recipe(cfg),
+                "pairs": ", ".join(f"{s}->{t}" for s, t in pairs_of(runs)), "runs_dir": str(req.runs_dir)}
+    params = {**cfg.flat(), **{f"recipe.{k}": v for k, v in recipe(cfg).items()}, "flow.kind": p.kind,
+              "flow.seeds": list(sweep.seeds), "flow.methods": list(sweep.methods), "flow.pairs": p.pairs,
+              "flow.pair": p.pair, "flow.settings": list(sweep.settings), "flow.m1m2": list(sweep.m1m2),
+              "flow.taus": list(sweep.taus), "flow.pseudo": list(sweep.pseudo), "flow.runs": len(runs)}
+    # retried like every MLflow call of a training: a backend restarting for seconds costs no flow run
+    parent = tracking.with_retry("start the parent run", tracking.start_run, uri, exp_id,
+                                 f"{p.kind} {cfg.data.dataset}", run_tags)
+    tracking.with_retry("log the parent's params", tracking.log_params, uri, parent, params)
     return {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent, "tags": tags,
             "register_models": p.register_models}
 

@@ -230,20 +230,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_orphans(uri: str, experiment_id: str) -> list[str]:
-    """Mark FAILED every RUNNING run started on this host by a process that no longer exists (SIGKILL, OOM,
-    power loss); runs of live processes and of other hosts are left alone. Returns the run ids marked."""
+def sweep_orphans(uri: str, experiment_id: str, flow_run_id: str = "") -> list[str]:
+    """Mark FAILED every RUNNING run of a process that no longer exists: one started on this host by a dead pid
+    (SIGKILL, OOM), or one of an earlier attempt of ``flow_run_id`` on any host (Prefect gives a flow run to one
+    process at a time, so when it starts again its old runs are orphans: a worker that died, docs/SCALE.md). Runs
+    of live processes and of other flow runs elsewhere are left alone. Returns the run ids marked."""
     c = client(uri)
     host = socket.gethostname()
     marked = []
     runs = c.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
     for r in runs:
         tags = r.data.tags
-        pid = tags.get("dapl.pid", "")
-        if tags.get("dapl.host") != host or not pid.isdigit() or _pid_alive(int(pid)):
+        pid, where = tags.get("dapl.pid", ""), tags.get("dapl.host", "?")
+        if flow_run_id and tags.get("prefect.flow_run_id") == flow_run_id:
+            why = f"flow run {flow_run_id} started again: process {pid} on {where} ended without closing the run"
+        elif where == host and pid.isdigit() and not _pid_alive(int(pid)):
+            why = f"process {pid} on {host} ended without closing the run (killed)"
+        else:
             continue
-        c.set_tag(r.info.run_id, "dapl.failure", f"process {pid} on {host} ended without closing the run "
-                  "(killed); marked FAILED by the next flow run")
+        c.set_tag(r.info.run_id, "dapl.failure", f"{why}; marked FAILED by the next flow run")
         c.set_terminated(r.info.run_id, status="FAILED")
         marked.append(r.info.run_id)
     return marked

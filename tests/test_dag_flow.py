@@ -205,13 +205,34 @@ def _children_named(client, result: dict) -> dict[str, str]:
 
 
 def test_unreachable_mlflow_fails_before_training(env):
-    from tasks.tracking import TrackingUnavailable
-
     t0 = time.perf_counter()
-    with pytest.raises(TrackingUnavailable, match="not reachable"):
-        _run(env, "full-benchmark", pairs=["art->real"], tracking_uri="http://127.0.0.1:9")
+    state = _run(env, "full-benchmark", pairs=["art->real"], tracking_uri="http://127.0.0.1:9", return_state=True)
     assert time.perf_counter() - t0 < 30
+    assert state.is_failed() and "not reachable" in state.message
     assert not any((env["wd"] / "runs" / "benchmark").glob("*/art_real"))
+    logs = _failed_run_logs(state)
+    assert any("nothing was trained" in m and "not reachable" in m for m in logs), logs
+    assert not any("Traceback" in m for m in logs), logs
+
+
+def test_a_parent_run_refused_for_seconds_is_retried(env, benchmark, monkeypatch):
+    """MLflow's backend restarting (HTTP 503 for a few seconds) as the flow starts its parent run costs nothing:
+    the call is retried with the trainings' back-off (the rest of this flow run is cached)."""
+    from tasks import tracking
+
+    calls, real = [], tracking.start_run
+
+    def flaky(uri, exp_id, name, tags, parent_run_id=None):
+        calls.append(parent_run_id)
+        if parent_run_id is None and calls.count(None) <= 2:
+            raise ConnectionError("503 Service Unavailable")
+        return real(uri, exp_id, name, tags, parent_run_id)
+
+    monkeypatch.setattr(tracking, "start_run", flaky)
+    monkeypatch.setenv(tracking.RETRY_ENV, "0.01,0.01,0.01")
+    res = _run(env, "full-benchmark", pairs=["real->art"])
+    assert calls.count(None) == 3
+    assert res["table"] == benchmark["table"] and res["parent_run_id"] != benchmark["parent_run_id"]
 
 
 def _failed_run_logs(state) -> list[str]:

@@ -106,6 +106,21 @@ def test_sweep_marks_runs_of_dead_processes_failed(tmp_path):
     tracking.end_run(uri, live)
 
 
+def test_sweep_marks_an_earlier_attempt_of_this_flow_run_failed_on_any_host(tmp_path):
+    """A flow run that starts again (its worker died, another took it) owns no RUNNING run yet: those tagged
+    with its id are its dead worker's, whatever host that was; another flow run's runs elsewhere are left alone."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "sweep")
+    mine, other = (tracking.start_run(uri, exp, name, {}) for name in ("mine", "other"))
+    tracking.set_tags(uri, mine, {"dapl.host": "gpu-7", "dapl.pid": "4242", "prefect.flow_run_id": "fr-1"})
+    tracking.set_tags(uri, other, {"dapl.host": "gpu-8", "dapl.pid": "4242", "prefect.flow_run_id": "fr-2"})
+    assert tracking.sweep_orphans(uri, exp) == []  # without the flow run's id: another host's runs stay
+    assert tracking.sweep_orphans(uri, exp, "fr-1") == [mine]
+    c = tracking.client(uri)
+    assert c.get_run(mine).info.status == "FAILED" and "gpu-7" in c.get_run(mine).data.tags["dapl.failure"]
+    assert c.get_run(other).info.status == "RUNNING"
+
+
 def test_unreachable_server_is_reported_in_seconds():
     with pytest.raises(tracking.TrackingUnavailable, match="scripts/mlflow_ui.sh"):
         tracking.check_tracking("http://127.0.0.1:9", timeout=2)

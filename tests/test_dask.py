@@ -3,9 +3,7 @@ the MLflow URI the flow resolved (before, every worker process started a tempora
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ pytest.importorskip("distributed")
 from prefect import flow, task  # noqa: E402
 
 from flows import runners  # noqa: E402
+from tests import processes  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -53,42 +52,6 @@ def test_dask_workers_use_the_flows_api_and_mlflow_uri(monkeypatch, tmp_path):
     assert {s["api"] for s in seen} == {api}  # ... that report to the flow's API
     assert {s["mlflow"] for s in seen} == {uri}
     assert "PREFECT_API_URL" not in os.environ  # the flow process's environment is restored
-
-
-def _spawn(*args: str, env: dict) -> subprocess.Popen:
-    """A process in its own session (its group is killed at the end, children included)."""
-    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _servers_below(pids: list[int]) -> list[str]:
-    """Prefect/uvicorn servers among the descendants of ``pids`` (a Dask worker without an API starts one)."""
-    import psutil
-
-    found = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            for c in psutil.Process(pid).children(recursive=True):
-                cmd = " ".join(c.cmdline())
-                if "uvicorn" in cmd or "prefect.server" in cmd or "server start" in cmd:
-                    found.append(cmd[:120])
-    return found
-
-
-def _group_gone(p: subprocess.Popen, seconds: float) -> bool:
-    """True once no process of ``p``'s group is left (the leader reaped), False after ``seconds``."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        p.wait(seconds)
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(p.pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @task
@@ -129,22 +92,16 @@ def test_a_real_scheduler_and_two_worker_processes(monkeypatch, tmp_path):
         with prefect_test_harness(server_startup_timeout=180):
             env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
                        PREFECT_API_URL=PREFECT_API_URL.value(), MLFLOW_TRACKING_URI=uri)
-            procs.append(_spawn(dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard",
-                                env=env))
-            procs += [_spawn(dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-dashboard",
-                             "--name", f"w{i}", env=env) for i in (1, 2)]
+            procs.append(processes.spawn(dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                         "--no-dashboard", env=env))
+            procs += [processes.spawn(dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                                      "--no-dashboard", "--name", f"w{i}", env=env) for i in (1, 2)]
             with Client(address, timeout=120) as c:
                 c.wait_for_workers(2, timeout=120)
             api, seen = tiny()
-            servers = _servers_below([p.pid for p in procs])
+            servers = processes.servers_below([p.pid for p in procs])
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-        survivors = [p.pid for p in procs if not _group_gone(p, 30)]
-        for pgid in survivors:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+        survivors = processes.stop_groups(procs)
     assert sorted(s["i"] for s in seen) == list(range(8))
     assert len({s["pid"] for s in seen}) == 2 and os.getpid() not in {s["pid"] for s in seen}
     assert api and {s["api"].rstrip("/") for s in seen} == {api.rstrip("/")} and {s["mlflow"] for s in seen} == {uri}
