@@ -23,6 +23,15 @@ def test_every_pool_deployment_heartbeats_and_carries_the_tag_the_automations_ma
         assert d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
 
 
+def test_the_pool_deploys_what_one_machine_serves():
+    """prefect.yaml (work pool) and `python -m flows serve` (one machine) offer the same deployments."""
+    from flows.__main__ import DEPLOYMENTS
+
+    doc = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
+    pool = {d["name"]: (d["description"], d["parameters"]) for d in doc["deployments"]}
+    assert pool == {name: (desc, {"kind": name}) for name, desc in DEPLOYMENTS.items()}
+
+
 def test_silence_crashes_and_a_first_crash_is_retried_only_for_pool_runs():
     silent, retry = recovery.automations(heartbeat=40)
     assert silent.trigger.within == timedelta(seconds=120)  # 3 missed heartbeats of 40 s
