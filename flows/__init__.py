@@ -1,6 +1,7 @@
-"""Prefect flows over the ``tasks`` layer: the ``dapl`` flow and its deployments (``full-benchmark``, ``ablations``).
+"""Prefect flows over the ``tasks`` layer: the ``dapl`` flow and its deployments (``full-benchmark``, ``ablations``,
+``adapt``).
 
-Run locally with ``python -m flows run full-benchmark``; serve both deployments with ``python -m flows serve``
+Run locally with ``python -m flows run full-benchmark``; serve the deployments with ``python -m flows serve``
 (``scripts/serve.sh`` does that next to a local Prefect server).
 """
 

@@ -1,8 +1,9 @@
 """``python -m flows run KIND [-p key=value ...]`` runs the ``dapl`` flow here (ephemeral Prefect API unless
-``PREFECT_API_URL`` is set); ``python -m flows serve`` serves the ``full-benchmark`` and ``ablations`` deployments;
-``python -m flows automations`` installs the work pool's crash recovery on the shared server (flows/recovery.py).
+``PREFECT_API_URL`` is set); ``python -m flows serve`` serves the ``full-benchmark``, ``ablations`` and
+``adapt`` deployments; ``python -m flows automations`` installs the work pool's crash recovery on the shared
+server (flows/recovery.py).
 
-Both take ``--runner thread|dask``, ``--workers N`` and ``--dask-address tcp://host:8786``.
+``run`` and ``serve`` take ``--runner thread|dask``, ``--workers N`` and ``--dask-address tcp://host:8786``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The ``dapl`` flow: fetch → index → (toy pretrain) → features → zero-shot → train × N → evaluate → summarise.
 
-One flow, two deployments (``full-benchmark`` and ``ablations``) that differ in the ``kind`` parameter. Runs are
-independent tasks submitted together, so the task runner (threads by default, Dask with ``--runner dask``) runs
-them concurrently; each distinct configuration is trained once, and its other labels share the result. The MLflow
-backend is checked before anything else runs: an unreachable server costs seconds, not a lost training.
+One flow, three deployments (``full-benchmark``, ``ablations``, ``adapt``) that differ in the ``kind`` parameter.
+Runs are independent tasks submitted together, so the task runner (threads by default, Dask with ``--runner dask``)
+runs them concurrently; each distinct configuration is trained once, and its other labels share the result. The
+MLflow backend is checked before anything else runs: an unreachable server costs seconds, not a lost training.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a local Prefect server (127.0.0.1, database in .prefect/) and serve the `dapl` deployments
-# (full-benchmark, ablations). Both run in their own process groups; pids and logs in .prefect/run/.
+# (full-benchmark, ablations, adapt). Both run in their own process groups; pids and logs in .prefect/run/.
 #   bash scripts/serve.sh [--runner dask] [--workers N] [--dask-address tcp://host:8786]
 #   export PREFECT_API_URL=http://127.0.0.1:4200/api
 #   prefect deployment run dapl/full-benchmark --watch
