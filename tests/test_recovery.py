@@ -16,8 +16,13 @@ from tasks.common import PROJECT_ROOT  # noqa: E402
 
 
 def test_every_pool_deployment_heartbeats_and_carries_the_tag_the_automations_match():
+    from dapl.paths import ENV_DEFAULTS
+
     doc = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())
     assert recovery.heartbeat_seconds() >= 30  # Prefect's minimum
+    # a worker started by hand has no scripts/env.sh: the job environment carries the client's retry codes too
+    job_env = doc["definitions"]["work_pool"]["job_variables"]["env"]
+    assert job_env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == ENV_DEFAULTS["PREFECT_CLIENT_RETRY_EXTRA_CODES"]
     for d in doc["deployments"]:
         assert recovery.POOL_TAG in d["tags"], d["name"]
         assert d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]

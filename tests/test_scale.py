@@ -221,13 +221,11 @@ def test_a_dask_cluster_gives_the_single_process_accuracies(cluster, single):
     assert survivors == []
 
 
-def _api(env: dict, path: str, body: dict | None = None):
+def _api(env: dict, path: str):
+    """GET ``path`` of the shared Prefect server's REST API."""
     import urllib.request
 
-    req = urllib.request.Request(env["PREFECT_API_URL"].rstrip("/") + path, method="POST" if body else "GET",
-                                 data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
+    with urllib.request.urlopen(env["PREFECT_API_URL"].rstrip("/") + path, timeout=30) as r:
         return json.loads(r.read())
 
 
@@ -269,6 +267,7 @@ def test_a_killed_worker_hands_its_run_to_the_other_which_resumes_it(cluster):
     pool, and finished by the surviving worker, resuming the training from its checkpoint on the shared
     filesystem: the final prompts equal an uninterrupted single-process run's; the dead attempt's MLflow runs are
     FAILED, none is left RUNNING."""
+    import torch
     from safetensors.torch import load_file
 
     env, tmp = cluster
@@ -310,7 +309,7 @@ def test_a_killed_worker_hands_its_run_to_the_other_which_resumes_it(cluster):
     want = load_file(next(ref.glob(f"{seed_dir}/prompts.safetensors")))
     assert got.keys() == want.keys()
     for k, w in want.items():  # same machine, same thread count: equal up to float round-off at most
-        torch_close(got[k], w)
+        torch.testing.assert_close(got[k], w, rtol=1e-5, atol=1e-6 * float(w.abs().max()))
 
     # MLflow on PostgreSQL: the dead attempt's parent and nested runs FAILED (swept when the run started again),
     # the new attempt's FINISHED with every epoch, none RUNNING
@@ -324,9 +323,3 @@ def test_a_killed_worker_hands_its_run_to_the_other_which_resumes_it(cluster):
     assert all("started again" in r.data.tags["dapl.failure"] for r in mine if r.info.status == "FAILED")
     done = next(r for r in mine if r.info.status == "FINISHED" and "pair" in r.data.tags)
     assert sorted(m.step for m in c.get_metric_history(done.info.run_id, "target_acc")) == list(range(1, EPOCHS + 1))
-
-
-def torch_close(got, want) -> None:
-    import torch
-
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
