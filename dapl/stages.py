@@ -101,7 +101,8 @@ def zero_shot(cfg: DaplConfig, bundle: ClipBundle | None = None, task: Adaptatio
 
 
 def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundle: ClipBundle | None = None,
-          task: AdaptationData | None = None, progress: str | bool = True, resume: bool = True) -> dict:
+          task: AdaptationData | None = None, progress: str | bool = True, resume: bool = True,
+          label: str | None = None) -> dict:
     """Train prompts for ``cfg.data``'s task and write every artifact to ``cfg.output_dir``.
 
     Writes ``prompts.safetensors`` + ``prompts.json``, ``metrics.json`` (last epoch, label-free selection,
@@ -110,7 +111,7 @@ def adapt(cfg: DaplConfig, on_epoch: Callable[[dict], None] | None = None, bundl
     """
     task = task or build_task(cfg)  # data problems surface before any weights are loaded
     bundle = bundle or load_clip(cfg.model)
-    res = train(cfg, bundle, task, on_epoch=on_epoch, resume=resume, progress=progress)
+    res = train(cfg, bundle, task, on_epoch=on_epoch, resume=resume, progress=progress, label=label)
     return write_outputs(cfg, bundle, task, res)
 
 

@@ -36,7 +36,8 @@ def run_one(run: Run, bundle=None, manifest=None, progress: str | bool = True,
     key = run_store.run_key(cfg, bundle.identity, task)
     found = run_store.fetch(cfg, key) if reuse else None
     if found is None:
-        summary, origin = adapt(cfg, on_epoch=on_epoch, bundle=bundle, task=task, progress=progress), None
+        summary = adapt(cfg, on_epoch=on_epoch, bundle=bundle, task=task, progress=progress, label=run.spec.label)
+        origin = None
         run_store.record(cfg, key)
     else:
         summary, origin = found

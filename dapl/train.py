@@ -188,10 +188,10 @@ def epoch_record(epoch: int, lr: float, sums: dict, iters: int, scores: dict, cl
     return rec | {k: v for k, v in scores.items() if not k.startswith("target_")}
 
 
-def _bar(cfg: DaplConfig, iters: int, start: int, progress: str | bool) -> Progress:
+def _bar(cfg: DaplConfig, iters: int, start: int, progress: str | bool, label: str | None) -> Progress:
     tc, d, left = cfg.train, cfg.data, cfg.train.epochs - start
     ahead = f"{left * iters:,} steps ({left} epoch{'s' if left != 1 else ''} × {iters:,})"
-    desc = f"train {'+'.join(d.source)}->{'+'.join(d.target)} seed {tc.seed}"
+    desc = f"train {'+'.join(d.source)}->{'+'.join(d.target)}{f' {label}' if label else ''} seed {tc.seed}"
     return Progress(iters * tc.epochs, desc, "it", initial=start * iters, mode=progress, ahead=ahead)
 
 
@@ -202,8 +202,10 @@ def _text(model: DaplModel, tc: TrainConfig) -> torch.Tensor:
 
 # -- the loop ---------------------------------------------------------------------------------------------
 def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: Callable[[dict], None] | None = None,
-          resume: bool = True, progress: str | bool = True) -> TrainResult:
+          resume: bool = True, progress: str | bool = True, label: str | None = None) -> TrainResult:
     """Train prompts for one adaptation problem as ``cfg`` says (the one implementation every layer calls).
+
+    ``label`` names the run in progress lines (a sweep's runs train side by side: ``dapl``, ``m1m2:4x8``).
 
     Every draw comes from a generator seeded with ``train.seed``; torch's global RNG is neither read nor reseeded
     (other threads of a flow, and the caller, own it).
@@ -240,7 +242,7 @@ def train(cfg: DaplConfig, bundle: ClipBundle, data: AdaptationData, on_epoch: C
     use_target, labelled_target = cfg.pseudo.enabled and len(data.target) > 0, bool((data.target.labels >= 0).all())
     ms: dict[str, Metrics] = {}
 
-    with _bar(cfg, iters, start, progress) as bar:
+    with _bar(cfg, iters, start, progress, label) as bar:
         for epoch in range(start, tc.epochs):
             gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + epoch)  # (seed, epoch) alone: exact resume
             order = train_idx[torch.randperm(len(train_idx), generator=gen)]

@@ -44,6 +44,10 @@ install_pg() {
     [ -n "$(bindir)" ] || die "apt-get install postgresql did not provide /usr/lib/postgresql/*/bin/postgres"
     echo "installed PostgreSQL: $(bindir)"
   fi
+  ensure_user
+}
+
+ensure_user() {  # as root: the unprivileged user the server runs as (also where PostgreSQL came from elsewhere)
   if [ "$(id -u)" = 0 ] && ! id "$PG_USER" >/dev/null 2>&1; then
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$PG_USER"
   fi
@@ -52,6 +56,7 @@ install_pg() {
 init_pg() {  # initdb into $PG_DIR/data once (password auth on TCP, no unix socket)
   [ -f "$PG_DIR/data/PG_VERSION" ] && return 0
   [ -L "$PG_DIR" ] && die "$PG_DIR is a link; set DAPL_PG_DIR to a real folder"
+  ensure_user
   mkdir -p "$PG_DIR" && chmod 700 "$PG_DIR"
   [ "$(id -u)" = 0 ] && chown "$PG_USER:$PG_USER" "$PG_DIR"
   as_pg test -w "$PG_DIR" || die "$PG_USER cannot write $PG_DIR; set DAPL_PG_DIR to a folder it can reach"

@@ -8,7 +8,8 @@ it, a process work pool with two workers as separate processes, `scripts/deploy.
    other worker, resumed from its checkpoint, with the prompts of an uninterrupted run;
 and no process is left afterwards.
 
-Needs PostgreSQL (``bash scripts/pg.sh install``; .ci/run does it): without it these tests fail, they do not skip.
+Needs PostgreSQL (``bash scripts/pg.sh install``; scripts/test.sh does it as root): without it these tests fail,
+they do not skip.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def cluster(tmp_path_factory):
     """Shared servers on PostgreSQL, `scripts/deploy.sh` (twice: it must be idempotent) and two workers w1, w2;
     yields (env, tmp). Afterwards every process they started must be gone."""
     assert PG_BIN, ("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres): run "
-                    "'bash scripts/pg.sh install' as root (.ci/run does)")
+                    "'sudo bash scripts/pg.sh install' (scripts/test.sh does as root)")
     tmp = tmp_path_factory.mktemp("scale")
     root_pg = Path("/var/lib/dapl-pg") / f"test-{uuid.uuid4().hex[:12]}"  # as root: a folder user dapl-pg reaches
     pg_dir = root_pg if os.geteuid() == 0 else tmp / "pg"
