@@ -56,7 +56,6 @@ ensure_user() {  # as root: the unprivileged user the server runs as (also where
 init_pg() {  # initdb into $PG_DIR/data once (password auth on TCP, no unix socket)
   [ -f "$PG_DIR/data/PG_VERSION" ] && return 0
   [ -L "$PG_DIR" ] && die "$PG_DIR is a link; set DAPL_PG_DIR to a real folder"
-  ensure_user
   mkdir -p "$PG_DIR" && chmod 700 "$PG_DIR"
   [ "$(id -u)" = 0 ] && chown "$PG_USER:$PG_USER" "$PG_DIR"
   as_pg test -w "$PG_DIR" || die "$PG_USER cannot write $PG_DIR; set DAPL_PG_DIR to a folder it can reach"
@@ -72,6 +71,7 @@ url() {  # DB [DRIVER]
 
 start_pg() {
   [ -n "$(bindir)" ] || die "PostgreSQL is not installed; run 'bash scripts/pg.sh install' as root"
+  ensure_user
   if is_running postgres; then echo "PostgreSQL already running on $HOST:$(cat "$PG_DIR/port")"; return 0; fi
   init_pg
   local port="${DAPL_PG_PORT:-$(.venv/bin/python -m flows.services free-port)}"
