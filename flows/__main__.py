@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_automations(a: argparse.Namespace) -> int:
-    import os
-
     if not os.environ.get("PREFECT_API_URL"):
         print("python -m flows automations: PREFECT_API_URL is not set (source .prefect/run/servers.env)",
               file=sys.stderr)
